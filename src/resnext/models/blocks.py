@@ -48,9 +48,7 @@ class _BlockBase(nn.Module):
         # Projection shortcut ("option B") wherever the shape changes.
         self.downsample: nn.Sequential | None = None
         if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(
-                conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch)
-            )
+            self.downsample = nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
         self.relu = nn.ReLU(inplace=True)
 
     def last_bn(self) -> nn.BatchNorm2d:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..table import format_table
+
 
 @dataclass
 class StageCost:
@@ -69,15 +71,7 @@ class Complexity:
                 f"{self.activations / 1e6:.3f} M",
             )
         )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = []
-        for k, r in enumerate(rows):
-            lines.append(
-                "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-            )
-            if k == 0 or k == len(rows) - 2:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return format_table(rows, left=2, rule_before_last=True)
 
 
 def _stage_of(qualified_name: str, stage_names: list[str]) -> str:
@@ -125,6 +119,7 @@ def measure(model: nn.Module, input_size: int = 224, in_chans: int | None = None
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             hooks.append(module.register_forward_hook(hook(name)))
     for name in ["maxpool", *stage_names]:
+
         def shape_hook(module, inputs, output, _name=name):
             costs[_stage_of(_name, stage_names)].output_shape = tuple(output.shape)
 

@@ -1,0 +1,62 @@
+"""The ``resnext`` command: one sub-command per job.
+
+Each sub-command lives in its own module under :mod:`resnext.commands` and exposes
+``add_parser(subparsers)``, which registers it with a ``run(args) -> int`` handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .config import ConfigError
+from .weights import WeightsError
+
+COMMANDS = ("models", "complexity", "train", "eval", "predict")
+
+
+class UserError(Exception):
+    """An error in what the user asked for; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnext", description="ResNeXt (Xie et al., CVPR 2017): models, training, evaluation."
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"resnext {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"resnext.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"resnext.commands.{name}":
+                continue  # sub-command not part of this build
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        argv = ["train"]  # the main job: `resnext` alone trains on the built-in dataset
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (UserError, ConfigError, WeightsError, FileNotFoundError) as e:
+        print(f"resnext {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resnext {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

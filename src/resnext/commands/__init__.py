@@ -1,0 +1,1 @@
+"""Sub-commands of the ``resnext`` command line, one module each."""

@@ -1,0 +1,302 @@
+"""Run configuration: frozen dataclasses <- YAML file <- ``key=value`` overrides.
+
+Every field has a one-line comment, so this file is the reference for the config
+files in ``configs/``. Unknown keys and wrong types raise :class:`ConfigError`
+naming the key and the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnext29_8x4d"  # registry name, e.g. resnext50_32x4d or resnext29_8x64d
+    num_classes: int | None = None  # classifier outputs; None = the dataset's class count
+    block_form: str = "c"  # paper Fig. 3 form: a (summed paths), b (concatenated), c (grouped)
+    zero_init_last_bn: bool = False  # start each block's last BN at gamma=0
+    stem_width: int = 64  # channels of the stem conv (64 in the paper)
+    widths: tuple[int, ...] | None = None  # block output width per stage; None = the paper's
+    pretrained: str | None = None  # local weights file to start from (.pth/.pt/.safetensors)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # dataset reader: digits | cifar10 | cifar100 | mnist | fashion_mnist | imagefolder | imagelist
+    name: str = "digits"
+    root: str | None = None  # dataset location on disk (digits needs none)
+    val_fraction: float = 0.1  # share of train held out for model selection if no val split
+    test_fraction: float = 0.2  # digits only: share held out as the test split
+    split_seed: int = 0  # seed of the train/val(/test) split; fixed, so splits never move
+    image_size: int = 32  # training crop side (224 for ImageNet, 32 for CIFAR)
+    eval_resize: int | None = None  # eval: resize shorter side to this, then centre crop
+    augment: str = "cifar"  # train augmentation: none | crop | cifar | imagenet | imagenet_scale
+    interpolation: str = "bilinear"  # resize filter, the same in train and eval
+    mean: tuple[float, ...] | None = None  # normalisation mean; None = the dataset's own
+    std: tuple[float, ...] | None = None  # normalisation std; None = the dataset's own
+    color_jitter: float = 0.4  # imagenet augment: brightness/contrast/saturation strength
+    pca_lighting: float = 0.1  # imagenet augment: AlexNet PCA lighting noise std (0 = off)
+    cifar_labels: str = "fine"  # cifar100: fine (100 classes) or coarse (20 superclasses)
+    on_bad_file: str = "error"  # unreadable image: error (stop, naming it) or skip (log once)
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
+    train_dir: str = "train"  # imagefolder: train sub-folder of root
+    val_dir: str | None = "val"  # imagefolder: val sub-folder (None = carve from train)
+    val_labels: str | None = None  # imagefolder: "filename label" file for a flat val folder
+    train_list: str | None = None  # imagelist: "path,label" file of the train split
+    val_list: str | None = None  # imagelist: "path,label" file of the val split
+    test_list: str | None = None  # imagelist: "path,label" file of the test split
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"  # optimizer; SGD as in the paper
+    lr: float = 0.1  # learning rate at batch size lr_base_batch
+    lr_base_batch: int | None = None  # linear scaling: lr * total_batch / this (None = off)
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum (the paper's CIFAR recipe)
+    weight_decay: float = 1e-4  # L2 weight decay
+    no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "multistep"  # step | multistep | cosine | constant
+    step_size: int = 30  # step: epochs between decays
+    milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
+    gamma: float = 0.1  # decay factor of step and multistep
+    warmup_epochs: float = 0.0  # linear warm-up length in epochs (fractions allowed)
+    warmup_start_factor: float = 0.1  # lr at the first warm-up step, as a share of lr
+    min_lr: float = 0.0  # cosine: final learning rate
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # passes over the train split
+    batch_size: int = 128  # images per step on each process
+    accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    clip_grad_norm: float | None = None  # clip the gradient's global norm (None = off)
+    amp: str = "none"  # mixed precision: none | bf16 | fp16 (fp16 only on CUDA)
+    channels_last: bool = False  # NHWC memory layout (faster convs on recent hardware)
+    compile: bool = False  # torch.compile the model
+    ema_decay: float | None = None  # EMA of the weights: w_ema = d*w_ema + (1-d)*w (None = off)
+    seed: int = 0  # seed of weights init, shuffling and augmentation
+    deterministic: bool = True  # deterministic kernels (bitwise-exact resume on CPU)
+    device: str = "auto"  # auto (CUDA if present, else CPU) | cpu | cuda | cuda:N
+    output_dir: str = "runs"  # folder that holds run folders
+    run_name: str | None = None  # run folder name (None = model name + timestamp)
+    resume: str | None = None  # auto (this run folder's last checkpoint) | a checkpoint path
+    eval_every: int = 1  # validate every this many epochs
+    log_every: int = 10  # write a metrics line every this many steps
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
+    threads: int | None = None  # CPU threads for torch (None = torch's default)
+    progress: bool = True  # show a progress bar
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Values each string field accepts; checked at load time, before any work starts.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.block_form": ("a", "b", "c"),
+    "data.name": (
+        "digits",
+        "cifar10",
+        "cifar100",
+        "mnist",
+        "fashion_mnist",
+        "imagefolder",
+        "imagelist",
+    ),
+    "data.augment": ("none", "crop", "cifar", "imagenet", "imagenet_scale"),
+    "data.interpolation": ("bilinear", "bicubic", "nearest"),
+    "data.cifar_labels": ("fine", "coarse"),
+    "data.on_bad_file": ("error", "skip"),
+    "optim.name": ("sgd",),
+    "schedule.name": ("step", "multistep", "cosine", "constant"),
+    "train.amp": ("none", "bf16", "fp16"),
+}
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _nearest(key: str, options: list[str], prefix: str = "") -> str:
+    near = difflib.get_close_matches(key, options, n=1, cutoff=0.4)
+    if near:
+        return f"; did you mean {prefix + near[0]!r}?"
+    return f"; valid keys: {', '.join(prefix + o for o in options)}"
+
+
+def _coerce(path: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's type, converting only the safe cases."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(path, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r} ({type(value).__name__})")
+        return tuple(_coerce(f"{path}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be an integer, got {value!r} ({type(value).__name__})")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path} must be a number, got {value!r} ({type(value).__name__})")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path} must be a string, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{path}: unsupported type {annotation!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}" + _nearest(key, names, prefix))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path} must be a mapping of its keys, got {value!r}")
+            kwargs[key] = _build(hint, value, f"{path}.")
+        else:
+            kwargs[key] = _coerce(path, value, hint)
+            if path in CHOICES and kwargs[key] not in CHOICES[path]:
+                raise ConfigError(
+                    f"{path} must be one of {', '.join(CHOICES[path])}, got {kwargs[key]!r}"
+                )
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Validate a nested dict (as read from YAML) into a :class:`Config`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    cfg = _build(Config, data, "")
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: Config) -> None:
+    positive = {
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "train.accumulate_steps": cfg.train.accumulate_steps,
+        "train.eval_every": cfg.train.eval_every,
+        "data.image_size": cfg.data.image_size,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.train.ema_decay is not None and not 0.0 < cfg.train.ema_decay < 1.0:
+        raise ConfigError(
+            f"train.ema_decay must be in (0, 1), e.g. 0.9999, got {cfg.train.ema_decay}"
+        )
+    if not 0.0 <= cfg.train.label_smoothing < 1.0:
+        raise ConfigError(
+            f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}"
+        )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=5"`` -> (["train", "epochs"], 5); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(
+            f"override {text!r} must look like section.key=value, e.g. train.epochs=5"
+        )
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"override key {key!r} must be section.key (sections: "
+            f"{', '.join(f.name for f in fields(Config))})"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from e
+    return parts, value
+
+
+def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        if not isinstance(out.get(section, {}), dict):
+            raise ConfigError(f"section {section!r} must be a mapping")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from the defaults) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; configs/ lists the recipes")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+        data = loaded
+    return from_dict(merge_overrides(data, overrides or []))

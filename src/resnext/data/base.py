@@ -1,0 +1,141 @@
+"""What every dataset reader returns, and the seeded sampling that keeps resume exact.
+
+A reader gives *raw* samples (a PIL image or a uint8 CHW tensor, and an int label).
+:class:`TransformedDataset` applies a transform under a private RNG seeded per sample
+and per epoch, so augmentation depends only on (seed, epoch, index): the same with 0
+or 8 workers, and the same after a resume in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+@dataclass
+class Splits:
+    """The splits of one dataset, with what evaluation and prediction need to know."""
+
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    classes: list[str]
+    mean: tuple[float, ...]  # per-channel normalisation, in [0, 1] units
+    std: tuple[float, ...]
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. where val came from
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed unique to (run seed, epoch, sample index)."""
+    return (seed * 1_000_003 + epoch * 7_919 + index * 104_729 + 0x5EED) % (2**63 - 1)
+
+
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, sample_seed)``; the order is a permutation seeded by (seed, epoch).
+
+    ``start`` skips the first samples of the epoch (resume in the middle of an epoch)
+    without touching any random state.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        shuffle: bool,
+        seed: int,
+        epoch: int = 0,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.n, self.shuffle, self.seed, self.epoch, self.start = n, shuffle, seed, epoch, start
+        self.rank, self.world_size = rank, world_size
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world_size > 1:
+            # Pad to a multiple of the world size so every rank takes the same steps.
+            total = -(-len(order) // self.world_size) * self.world_size
+            order = (order + order[: total - len(order)])[self.rank : total : self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for i in self.indices()[self.start :]:
+            yield i, sample_seed(self.seed, self.epoch, i)
+
+    def __len__(self) -> int:
+        return max(0, len(self.indices()) - self.start)
+
+
+class TransformedDataset(Dataset):
+    """Applies ``transform`` to a reader's samples; index by int or (int, sample_seed)."""
+
+    def __init__(self, base: Dataset, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key if isinstance(key, tuple) else (key, index_seed(key))
+        image, label = self.base[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+def index_seed(index: int) -> int:
+    return sample_seed(0, 0, index)
+
+
+class TensorImages(Dataset):
+    """In-memory uint8 images ``(N, C, H, W)`` and int labels (digits, CIFAR, MNIST)."""
+
+    def __init__(self, images: torch.Tensor, labels: Sequence[int]) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = [int(v) for v in labels]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], self.labels[index]
+
+
+class Subset(Dataset):
+    """A fixed subset of a reader (a carved validation split, say)."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
+        self.base = base
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.base[self.indices[index]]
+
+    @property
+    def labels(self) -> list[int]:
+        base_labels = getattr(self.base, "labels", None)
+        if base_labels is None:
+            return [self.base[i][1] for i in self.indices]
+        return [base_labels[i] for i in self.indices]

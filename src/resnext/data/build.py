@@ -1,0 +1,101 @@
+"""From a :class:`~resnext.config.DataConfig` to transformed splits and loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import DataConfig
+from .base import SeededSampler, Splits, TransformedDataset
+from .digits import DIGITS_CLASSES, digits_splits
+from .transforms import eval_transform, train_transform
+
+
+def _digits(cfg: DataConfig) -> Splits:
+    train, val, test = digits_splits(cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    # Pixel statistics of all 1,797 digits at 32x32 (the three channels are equal).
+    mean, std = (0.3052,) * 3, (0.3236,) * 3
+    return Splits(
+        train,
+        val,
+        test,
+        list(DIGITS_CLASSES),
+        mean,
+        std,
+        info={"source": "scikit-learn digits (built in)"},
+    )
+
+
+#: Reader of each ``data.name``: returns raw splits (PIL images or uint8 tensors).
+READERS: dict[str, Callable[[DataConfig], Splits]] = {"digits": _digits}
+
+
+def build_raw_splits(cfg: DataConfig) -> Splits:
+    """The dataset's splits before any transform (readers only)."""
+    if cfg.name not in READERS:
+        raise ValueError(
+            f"data.name={cfg.name!r} has no reader; available: {', '.join(sorted(READERS))}"
+        )
+    return READERS[cfg.name](cfg)
+
+
+def build_splits(cfg: DataConfig) -> Splits:
+    """Read the dataset and attach the train transform to train, eval transform to the rest."""
+    raw = build_raw_splits(cfg)
+    mean = tuple(cfg.mean) if cfg.mean is not None else raw.mean
+    std = tuple(cfg.std) if cfg.std is not None else raw.std
+    train_tf = train_transform(
+        cfg.augment,
+        cfg.image_size,
+        mean,
+        std,
+        cfg.interpolation,
+        cfg.color_jitter,
+        cfg.pca_lighting,
+    )
+    eval_tf = eval_transform(cfg.image_size, mean, std, cfg.eval_resize, cfg.interpolation)
+
+    def wrap(ds: Dataset | None, tf) -> Dataset | None:
+        return None if ds is None else TransformedDataset(ds, tf)
+
+    return Splits(
+        train=wrap(raw.train, train_tf),
+        val=wrap(raw.val, eval_tf),
+        test=wrap(raw.test, eval_tf),
+        classes=raw.classes,
+        mean=mean,
+        std=std,
+        info={**raw.info, "eval_transform": eval_tf},
+    )
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    start: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """A DataLoader whose order and augmentation depend only on (seed, epoch, index).
+
+    ``start`` skips the first ``start`` samples of the epoch's order (mid-epoch resume).
+    """
+    sampler = SeededSampler(len(dataset), shuffle, seed, epoch, start, rank, world_size)  # type: ignore[arg-type]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,1 @@
+"""Training engine: it receives a model and data; it never builds them."""
