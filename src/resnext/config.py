@@ -55,6 +55,8 @@ class DataConfig:
     train_dir: str = "train"  # imagefolder: train sub-folder of root
     val_dir: str | None = "val"  # imagefolder: val sub-folder (None = carve from train)
     val_labels: str | None = None  # imagefolder: "filename label" file for a flat val folder
+    test_dir: str | None = None  # imagefolder: test sub-folder (None = no test split)
+    test_labels: str | None = None  # imagefolder: "filename label" file for a flat test folder
     train_list: str | None = None  # imagelist: "path,label" file of the train split
     val_list: str | None = None  # imagelist: "path,label" file of the val split
     test_list: str | None = None  # imagelist: "path,label" file of the test split
