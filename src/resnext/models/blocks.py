@@ -45,11 +45,19 @@ class _BlockBase(nn.Module):
         self.cardinality = cardinality
         self.path_width = path_width
         self.stride = stride
-        # Projection shortcut ("option B") wherever the shape changes.
-        self.downsample: nn.Sequential | None = None
-        if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
         self.relu = nn.ReLU(inplace=True)
+
+    def _add_shortcut(self) -> None:
+        """Projection shortcut ("option B") wherever the shape changes.
+
+        Registered after the residual branch so the state dict keys come in
+        torchvision's order (conv1 .. bn3, downsample).
+        """
+        self.downsample: nn.Sequential | None = None
+        if self.stride != 1 or self.in_ch != self.out_ch:
+            self.downsample = nn.Sequential(
+                conv1x1(self.in_ch, self.out_ch, self.stride), nn.BatchNorm2d(self.out_ch)
+            )
 
     def last_bn(self) -> nn.BatchNorm2d:
         """The BN whose output joins the shortcut (zero-initialised on request)."""
@@ -84,6 +92,7 @@ class GroupedBottleneck(_BlockBase):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out_ch)
         self.bn3 = nn.BatchNorm2d(out_ch)
+        self._add_shortcut()
 
     def _residual(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -122,6 +131,7 @@ class SplitSumBottleneck(_BlockBase):
             _Path(in_ch, path_width, stride, out_ch) for _ in range(cardinality)
         )
         self.bn3 = nn.BatchNorm2d(out_ch)
+        self._add_shortcut()
 
     def _residual(self, x: Tensor) -> Tensor:
         out = self.paths[0](x)
@@ -144,6 +154,7 @@ class SplitConcatBottleneck(_BlockBase):
         )
         self.conv3 = conv1x1(cardinality * path_width, out_ch)
         self.bn3 = nn.BatchNorm2d(out_ch)
+        self._add_shortcut()
 
     def _residual(self, x: Tensor) -> Tensor:
         out = torch.cat([path(x) for path in self.paths], dim=1)

@@ -1,0 +1,100 @@
+"""Complexity measured on the module graph, pinned to the paper's and torchvision's numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resnext.cli import main
+from resnext.models import create_model, default_input_size, list_models, measure
+
+PINNED = json.loads((Path(__file__).parent / "data" / "complexity.json").read_text())
+
+
+def truncated(x: float, digits: int = 1) -> float:
+    """The paper prints parameter counts truncated, not rounded (25.56M -> "25.5M")."""
+    return int(x * 10**digits) / 10**digits
+
+
+def test_table1_resnet50_and_resnext50() -> None:
+    r50 = measure(create_model("resnet50"))
+    x50 = measure(create_model("resnext50_32x4d"))
+    assert truncated(r50.params / 1e6) == 25.5 and round(r50.flops / 1e9, 1) == 4.1
+    assert truncated(x50.params / 1e6) == 25.0 and round(x50.flops / 1e9, 1) == 4.2
+
+
+@pytest.mark.parametrize(
+    "name,params,gflops",
+    [
+        ("resnext50_32x4d", 25_028_904, 4.23),
+        pytest.param("resnext101_32x8d", 88_791_336, 16.41, marks=pytest.mark.slow),
+        pytest.param("resnext101_64x4d", 83_455_272, 15.46, marks=pytest.mark.slow),
+    ],
+)
+def test_torchvision_exact_counts(name: str, params: int, gflops: float) -> None:
+    c = measure(create_model(name))
+    assert c.params == params
+    assert round(c.flops / 1e9, 2) == gflops
+
+
+def test_table7_cifar_resnext29() -> None:
+    assert truncated(measure(create_model("resnext29_8x64d"), 32).params / 1e6) == 34.4
+    assert truncated(measure(create_model("resnext29_16x64d"), 32).params / 1e6) == 68.1
+
+
+@pytest.mark.parametrize("form", ["a", "b"])
+def test_all_forms_have_the_same_counts(form: str) -> None:
+    kw = {"widths": (64, 128, 256), "stem_width": 32}
+    c = measure(create_model("resnext29_8x4d", **kw), 32)
+    other = measure(create_model("resnext29_8x4d", block_form=form, **kw), 32)
+    assert other.params == c.params
+    assert other.flops == c.flops
+
+
+def test_stages_add_up_and_follow_the_model() -> None:
+    c = measure(create_model("resnext50_32x4d"))
+    assert [s.name for s in c.stages] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert [s.output_shape[1:] for s in c.stages[1:5]] == [
+        (256, 56, 56),
+        (512, 28, 28),
+        (1024, 14, 14),
+        (2048, 7, 7),
+    ]
+    # The fc of 2048 -> 1000 is 2,048,000 multiply-adds and 2,049,000 parameters.
+    assert c.stages[-1].flops == 2_048_000 and c.stages[-1].params == 2_049_000
+    # Doubling the input side quadruples the conv FLOPs.
+    c2 = measure(create_model("resnext50_32x4d"), 448)
+    assert c2.flops - 2_048_000 == 4 * (c.flops - 2_048_000)
+    assert c.activations > 0 and c2.activations == pytest.approx(4 * c.activations, rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_matches_the_pinned_table(name: str) -> None:
+    """Like pycls: every model's params / FLOPs / activations pinned in tests/data."""
+    c = measure(create_model(name), default_input_size(name))
+    assert {"params": c.params, "flops": c.flops, "acts": c.activations} == PINNED[name]
+
+
+def test_complexity_command_prints_the_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["complexity", "resnext50_32x4d"]) == 0
+    out = capsys.readouterr().out
+    assert "params: 25.03M (25,028,904)" in out
+    assert "FLOPs (multiply-adds): 4.23 G" in out
+    assert "layer4" in out
+
+
+def test_complexity_command_unknown_name_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["complexity", "resnext50_32x5"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnext50_32x5'" in err and "resnext50_32x4d" in err
+
+
+def test_models_command_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--filter", "resnext29"]) == 0
+    out = capsys.readouterr().out
+    assert "resnext29_8x64d" in out and "34.43M" in out and "5.39" in out

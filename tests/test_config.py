@@ -1,0 +1,86 @@
+"""The config loader: typed, frozen, validated; errors name the key and the nearest valid one."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from resnext.config import Config, ConfigError, from_dict, load_config
+
+
+def test_defaults_and_overrides() -> None:
+    cfg = load_config(
+        overrides=[
+            "train.epochs=3",
+            "optim.lr=0.05",
+            "model.widths=[8,16,32]",
+            "train.clip_grad_norm=null",
+        ]
+    )
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 0.05
+    assert cfg.model.widths == (8, 16, 32) and cfg.train.clip_grad_norm is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 4  # type: ignore[misc]
+
+
+def test_yaml_then_overrides(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("train:\n  epochs: 7\n  batch_size: 32\n")
+    cfg = load_config(tmp_path / "c.yaml", ["train.batch_size=16"])
+    assert (cfg.train.epochs, cfg.train.batch_size) == (7, 16)
+
+
+def test_roundtrip_through_dict() -> None:
+    cfg = load_config(overrides=["model.widths=[8,16,32]", "schedule.milestones=[3,6]"])
+    assert from_dict(cfg.to_dict()) == cfg
+    assert from_dict(Config().to_dict()) == Config()
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.epoch=3", r"unknown config key 'train.epoch'; did you mean 'train.epochs'\?"),
+        ("trian.epochs=3", r"unknown config key 'trian'; did you mean 'train'\?"),
+        ("train.epochs=three", r"train.epochs must be an integer, got 'three'"),
+        ("train.epochs=2.5", r"train.epochs must be an integer"),
+        ("optim.nesterov=maybe", r"optim.nesterov must be true or false"),
+        ("optim.lr=-1", r"optim.lr must be positive"),
+        ("data.on_bad_file=ignore", r"data.on_bad_file must be one of error, skip"),
+        ("train.ema_decay=1.5", r"train.ema_decay must be in \(0, 1\)"),
+        ("train.epochs", r"must look like section.key=value"),
+        ("epochs=3", r"must be section.key"),
+    ],
+)
+def test_bad_overrides_are_named(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=[override])
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "sec.yaml").write_text("train: 3\n")
+    with pytest.raises(ConfigError, match="train must be a mapping"):
+        load_config(tmp_path / "sec.yaml")
+
+
+def test_every_field_has_a_comment() -> None:
+    """The config file is the documentation: each field carries a comment (same line or above)."""
+    lines = (Path(__file__).parents[1] / "src" / "resnext" / "config.py").read_text().splitlines()
+    for section in dataclasses.fields(Config):
+        cls = type(getattr(Config(), section.name))
+        start = next(i for i, ln in enumerate(lines) if ln.startswith(f"class {cls.__name__}:"))
+        for f in dataclasses.fields(cls):
+            i = next(
+                i for i in range(start, len(lines)) if lines[i].strip().startswith(f"{f.name}:")
+            )
+            assert "#" in lines[i] or lines[i - 1].strip().startswith("#"), (
+                f"{cls.__name__}.{f.name}"
+            )
