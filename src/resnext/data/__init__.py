@@ -1,8 +1,9 @@
 """Datasets, the paper's transforms, and seeded loaders."""
 
-from .base import SeededSampler, Splits, TensorImages, TransformedDataset
+from .base import DataError, SeededSampler, Splits, TensorImages, TransformedDataset
 from .build import READERS, build_raw_splits, build_splits, make_loader
 from .digits import DIGITS_CLASSES, load_digits_images
+from .images import BadFileReport, BadImageError, ImageFiles, bad_file_report, load_image
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Lighting, eval_transform, train_transform
 
 __all__ = [
@@ -10,15 +11,21 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "READERS",
+    "BadFileReport",
+    "BadImageError",
+    "DataError",
+    "ImageFiles",
     "Lighting",
     "SeededSampler",
     "Splits",
     "TensorImages",
     "TransformedDataset",
+    "bad_file_report",
     "build_raw_splits",
     "build_splits",
     "eval_transform",
     "load_digits_images",
+    "load_image",
     "make_loader",
     "train_transform",
 ]

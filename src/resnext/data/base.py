@@ -16,6 +16,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 
+class DataError(ValueError):
+    """A dataset that cannot be read as configured; the message says what was expected."""
+
+
 @dataclass
 class Splits:
     """The splits of one dataset, with what evaluation and prediction need to know."""
@@ -57,6 +61,10 @@ class SeededSampler(Sampler[tuple[int, int]]):
     ) -> None:
         self.n, self.shuffle, self.seed, self.epoch, self.start = n, shuffle, seed, epoch, start
         self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Serve epoch ``epoch`` from sample ``start`` on the next iteration (loader reuse)."""
+        self.epoch, self.start = epoch, start
 
     def indices(self) -> list[int]:
         if self.shuffle:

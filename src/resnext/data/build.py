@@ -9,7 +9,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig
 from .base import SeededSampler, Splits, TransformedDataset
+from .cifar import cifar_splits
 from .digits import DIGITS_CLASSES, digits_splits
+from .folder import imagefolder_splits, imagelist_splits
+from .mnist import mnist_splits
 from .transforms import eval_transform, train_transform
 
 
@@ -28,8 +31,30 @@ def _digits(cfg: DataConfig) -> Splits:
     )
 
 
+def _cifar(name: str) -> Callable[[DataConfig], Splits]:
+    def read(cfg: DataConfig) -> Splits:
+        return cifar_splits(name, cfg.root, cfg.cifar_labels, cfg.val_fraction, cfg.split_seed)
+
+    return read
+
+
+def _mnist(name: str) -> Callable[[DataConfig], Splits]:
+    def read(cfg: DataConfig) -> Splits:
+        return mnist_splits(name, cfg.root, cfg.val_fraction, cfg.split_seed)
+
+    return read
+
+
 #: Reader of each ``data.name``: returns raw splits (PIL images or uint8 tensors).
-READERS: dict[str, Callable[[DataConfig], Splits]] = {"digits": _digits}
+READERS: dict[str, Callable[[DataConfig], Splits]] = {
+    "digits": _digits,
+    "cifar10": _cifar("cifar10"),
+    "cifar100": _cifar("cifar100"),
+    "mnist": _mnist("mnist"),
+    "fashion_mnist": _mnist("fashion_mnist"),
+    "imagefolder": imagefolder_splits,
+    "imagelist": imagelist_splits,
+}
 
 
 def build_raw_splits(cfg: DataConfig) -> Splits:
@@ -80,22 +105,31 @@ def make_loader(
     epoch: int = 0,
     start: int = 0,
     num_workers: int = 0,
-    pin_memory: bool = False,
+    pin_memory: bool | None = None,
+    persistent_workers: bool | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> DataLoader:
     """A DataLoader whose order and augmentation depend only on (seed, epoch, index).
 
     ``start`` skips the first ``start`` samples of the epoch's order (mid-epoch resume).
+    ``pin_memory`` defaults to whether CUDA is available; ``persistent_workers`` to
+    ``num_workers > 0``. Workers can persist because the sampler hands them
+    ``(index, sample_seed)`` pairs: to reuse one loader (and its workers) for the next
+    epoch, call ``loader.sampler.set_epoch(epoch)`` before iterating it again.
     """
     sampler = SeededSampler(len(dataset), shuffle, seed, epoch, start, rank, world_size)  # type: ignore[arg-type]
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    if persistent_workers is None:
+        persistent_workers = num_workers > 0
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=persistent_workers and num_workers > 0,
         drop_last=False,
         generator=torch.Generator().manual_seed(seed),
     )

@@ -37,8 +37,11 @@ def stratified_split(labels: list[int], fractions: tuple[float, ...], seed: int)
     """
     g = torch.Generator().manual_seed(seed)
     parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
-    for c in sorted(set(labels)):
-        idx = [i for i, y in enumerate(labels) if y == c]
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):  # one pass: ImageNet-sized label lists stay fast
+        by_class.setdefault(y, []).append(i)
+    for c in sorted(by_class):
+        idx = by_class[c]
         idx = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
         start = len(idx)
         for k in range(len(fractions), 0, -1):

@@ -1,8 +1,12 @@
 """The paper's train and eval transforms, built from torchvision's v2 transforms.
 
-Inputs are PIL images or uint8 CHW tensors; outputs are float CHW tensors, normalised.
-Train and eval use the same resize back-end (torchvision v2 on tensors, antialiased)
-and the same interpolation: mixing back-ends costs ~0.7% top-1 (PAPER.md, pitfalls).
+Inputs are PIL images (any mode) or uint8 CHW tensors with 1 or 3 channels; outputs are
+float CHW RGB tensors, normalised. Train and eval use the same resize back-end
+(torchvision v2 on uint8 tensors, antialiased) and the same interpolation: mixing
+back-ends costs ~0.7% top-1 (PAPER.md, pitfalls). Every resize keeps the aspect ratio
+(shorter side, then a crop), so train and eval see objects with the same proportions.
+Random draws come from torch's global RNG, which
+:class:`~resnext.data.base.TransformedDataset` seeds per (seed, epoch, index).
 """
 
 from __future__ import annotations
@@ -10,8 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from PIL import Image
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
+
+from .images import to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,6 +65,28 @@ class Lighting(torch.nn.Module):
         return img + rgb.to(img.dtype).view(3, 1, 1)
 
 
+class ToRGBImage(torch.nn.Module):
+    """PIL image (any mode) or uint8 tensor -> 3-channel uint8 image tensor.
+
+    PIL images go through :func:`~resnext.data.images.to_rgb` first: converting a palette
+    or 16-bit image after ``ToImage`` would resize palette indices or clip at 255.
+    """
+
+    def forward(self, img):
+        if isinstance(img, Image.Image):
+            img = to_rgb(img)
+        img = v2.functional.to_image(img)
+        channels = img.shape[-3]
+        if channels == 1:
+            return tv_tensors.Image(img.expand(*img.shape[:-3], 3, *img.shape[-2:]))
+        if channels != 3:
+            raise ValueError(
+                f"expected a 1- or 3-channel image, got {channels} channels of shape "
+                f"{tuple(img.shape)}; give RGB images (uint8 CHW tensors or PIL)"
+            )
+        return img
+
+
 class RandomShorterSideResize(torch.nn.Module):
     """Resize so the shorter side is uniform in [min_size, max_size] (ResNet's scale aug)."""
 
@@ -69,8 +99,9 @@ class RandomShorterSideResize(torch.nn.Module):
         return v2.functional.resize(img, size, interpolation=self.interpolation, antialias=True)
 
 
-def _to_float() -> list[Callable]:
-    return [v2.ToImage(), v2.RGB(), v2.ToDtype(torch.float32, scale=True)]
+def _resize_crop(size: int, interp: InterpolationMode) -> list[Callable]:
+    """Shorter side to ``size``, centre crop ``size`` (a no-op on square ``size`` images)."""
+    return [v2.Resize(size, interp, antialias=True), v2.CenterCrop(size)]
 
 
 def train_transform(
@@ -85,29 +116,31 @@ def train_transform(
     """The train-time pipeline.
 
     Args:
-        augment: ``none`` (resize only), ``crop`` (pad 4 px, random crop; no flip: for
-            digits), ``cifar`` (pad 4, random crop, flip: paper Appendix),
+        augment: ``none`` (shorter side to ``image_size``, centre crop), ``crop`` (pad
+            4 px, random crop; no flip: for digits), ``cifar`` (pad 4, random crop,
+            flip: paper Appendix),
             ``imagenet`` (random 8%-100% area, aspect 3/4-4/3 crop, flip, colour
             jitter, PCA lighting: paper Sec. 4), ``imagenet_scale`` (shorter side
             random in [256, 480], random crop, flip).
     """
     interp = INTERPOLATIONS[interpolation]
     norm = v2.Normalize(list(mean), list(std))
+    to_float = v2.ToDtype(torch.float32, scale=True)
     if augment == "none":
-        ops = [v2.ToImage(), v2.Resize((image_size, image_size), interp, antialias=True)]
-        return v2.Compose([*ops, v2.RGB(), v2.ToDtype(torch.float32, scale=True), norm])
+        return v2.Compose([ToRGBImage(), *_resize_crop(image_size, interp), to_float, norm])
     if augment in ("crop", "cifar"):
+        # Paper Appendix: pad 4 px with zeros, random 32x32 crop (, flip).
         ops: list = [
-            v2.ToImage(),
-            v2.Resize((image_size, image_size), interp, antialias=True),
+            ToRGBImage(),
+            *_resize_crop(image_size, interp),
             v2.RandomCrop(image_size, padding=4),
         ]
         if augment == "cifar":
             ops.append(v2.RandomHorizontalFlip())
-        return v2.Compose([*ops, v2.RGB(), v2.ToDtype(torch.float32, scale=True), norm])
+        return v2.Compose([*ops, to_float, norm])
     if augment == "imagenet":
         ops = [
-            v2.ToImage(),
+            ToRGBImage(),
             v2.RandomResizedCrop(
                 image_size,
                 scale=(0.08, 1.0),
@@ -116,8 +149,7 @@ def train_transform(
                 antialias=True,
             ),
             v2.RandomHorizontalFlip(),
-            v2.RGB(),
-            v2.ToDtype(torch.float32, scale=True),
+            to_float,
         ]
         if color_jitter > 0:
             ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
@@ -127,12 +159,11 @@ def train_transform(
     if augment == "imagenet_scale":
         lo, hi = round(image_size * 256 / 224), round(image_size * 480 / 224)
         ops = [
-            v2.ToImage(),
+            ToRGBImage(),
             RandomShorterSideResize(lo, hi, interp),
             v2.RandomCrop(image_size),
             v2.RandomHorizontalFlip(),
-            v2.RGB(),
-            v2.ToDtype(torch.float32, scale=True),
+            to_float,
         ]
         if color_jitter > 0:
             ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
@@ -156,10 +187,8 @@ def eval_transform(
     ImageNet's standard is resize 256 -> crop 224 (torchvision V2 weights: 232 -> 224).
     """
     interp = INTERPOLATIONS[interpolation]
-    ops: list = [v2.ToImage()]
-    if resize is None or resize == image_size:
-        ops.append(v2.Resize((image_size, image_size), interp, antialias=True))
-    else:
-        ops += [v2.Resize(resize, interp, antialias=True), v2.CenterCrop(image_size)]
-    ops += [v2.RGB(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    ops: list = [ToRGBImage(), *_resize_crop(image_size, interp)]
+    if resize is not None and resize != image_size:
+        ops[1] = v2.Resize(resize, interp, antialias=True)
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(ops)
