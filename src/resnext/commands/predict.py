@@ -1,0 +1,151 @@
+"""``resnext predict``: the top-k classes of images, files or whole folders.
+
+Unreadable files and non-images are reported on stderr and skipped; the rest are still
+classified, and the exit status is 1 if any input failed (0 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..api import Classifier, ImageError, load_image
+from ..cli import UserError
+from .eval import IntermixedParser
+
+# Files in a folder are classified if their suffix is one of these (case-insensitive);
+# files named explicitly are always tried.
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif",
+}  # fmt: skip
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="top-k classes of images or folders of images",
+        description="Classify images with a checkpoint (or --model NAME --weights FILE, then "
+        "every positional argument is an image or folder).",
+    )
+    p.__class__ = IntermixedParser  # options and positionals in any order
+    p.add_argument(
+        "inputs", nargs="+", metavar="CHECKPOINT IMAGE_OR_FOLDER", help="checkpoint, then images"
+    )
+    p.add_argument("--model", help="registry name for --weights, e.g. resnext50_32x4d")
+    p.add_argument("--weights", help="a plain state dict (.pth/.safetensors) for --model")
+    p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=run)
+
+
+def collect(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image paths to classify (folders expanded, sorted) and (input, error) for missing ones."""
+    files: list[Path] = []
+    errors: list[tuple[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+            )
+            if not found:
+                errors.append((item, "folder holds no image files"))
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            errors.append((item, "does not exist"))
+    return files, errors
+
+
+def load_classifier(args: argparse.Namespace) -> tuple[Classifier, list[str]]:
+    """The classifier and the image arguments left over."""
+    if args.weights or args.model:
+        if not (args.weights and args.model):
+            raise UserError("--model and --weights go together: a registry name and a state dict")
+        clf = Classifier.from_weights(
+            args.model, args.weights, device=args.device, precision=args.precision
+        )
+        return clf, list(args.inputs)
+    if len(args.inputs) < 2:
+        raise UserError(
+            "give a checkpoint and at least one image or folder: "
+            "resnext predict CHECKPOINT IMAGE_OR_FOLDER [...]"
+        )
+    clf = Classifier.from_checkpoint(
+        args.inputs[0], use_ema=args.ema, device=args.device, precision=args.precision
+    )
+    return clf, list(args.inputs[1:])
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.topk < 1:
+        raise UserError(f"--topk must be at least 1, got {args.topk}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    clf, inputs = load_classifier(args)
+    files, errors = collect(inputs)
+    for item, why in errors:
+        print(f"resnext predict: {item}: {why}; skipped", file=sys.stderr)
+    results = []
+    bar = tqdm(
+        total=len(files),
+        desc="predict",
+        unit="img",
+        disable=args.no_progress or len(files) <= args.batch_size,
+        leave=False,
+    )
+    for start in range(0, len(files), args.batch_size):
+        tensors, names = [], []
+        for f in files[start : start + args.batch_size]:
+            try:
+                tensors.append(clf.to_tensor(load_image(f)))
+                names.append(str(f))
+            except ImageError as e:
+                errors.append((str(f), str(e)))
+                tqdm.write(f"resnext predict: {e}; skipped", file=sys.stderr)
+        if tensors:
+            top = clf.topk(clf.probabilities(torch.stack(tensors)), args.topk)
+            for name, preds in zip(names, top, strict=True):
+                results.append((name, preds))
+                if not args.json:
+                    tqdm.write(format_prediction(name, preds), file=sys.stdout)
+        bar.update(min(args.batch_size, len(files) - start))
+    bar.close()
+    if args.json:
+        out = {
+            "predictions": [
+                {
+                    "path": name,
+                    "topk": [{"class": c, "probability": p} for c, p in preds],
+                }
+                for name, preds in results
+            ],
+            "errors": [{"path": item, "error": why} for item, why in errors],
+        }
+        print(json.dumps(out, indent=2))
+    if errors:
+        print(
+            f"resnext predict: {len(errors)} input(s) failed, {len(results)} classified",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def format_prediction(name: str, preds: list[tuple[str, float]]) -> str:
+    """The path, then one ``class  (probability%)`` line per class."""
+    lines = [name] + [f"  {c}  ({100 * p:.2f}%)" for c, p in preds]
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""``resnext eval``: its numbers equal a direct computation; ensembles, crops, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnext import create_model
+from resnext.cli import main
+from resnext.commands import eval as eval_cmd
+from resnext.config import from_dict
+from resnext.data import DIGITS_CLASSES, build_splits
+from resnext.engine.checkpoint import save_checkpoint
+
+TINY = {"widths": (16, 32, 64), "stem_width": 16}
+SMALL_TEST = "data.test_fraction=0.03"  # 50 of the 1,797 digits: keeps the tests fast
+DIGITS_PRE = {
+    "image_size": 32,
+    "eval_resize": None,
+    "interpolation": "bilinear",
+    "mean": [0.3052] * 3,
+    "std": [0.3236] * 3,
+}
+
+
+def tiny_checkpoint(path: Path, seed: int = 0, data: dict | None = None, **extra) -> Path:
+    """A checkpoint with the keys ``resnext train`` writes (see engine/checkpoint.py)."""
+    torch.manual_seed(seed)
+    model = create_model("resnext29_2x4d", num_classes=10, **TINY)
+    cfg = from_dict({"data": data or {"name": "digits"}})
+    payload = {
+        "arch": model.arch.to_dict(),
+        "model": model.state_dict(),
+        "ema": None,
+        "epoch": 1,
+        "step": 1,
+        "config": cfg.to_dict(),
+        "classes": list(DIGITS_CLASSES),
+        "preprocess": DIGITS_PRE,
+        "metrics": {},
+    }
+    save_checkpoint(path, {**payload, **extra})
+    return path
+
+
+def direct_probs(ckpt: Path, test_fraction: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax of the checkpoint's model on the digits test split, computed by hand."""
+    from resnext.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
+    test = build_splits(from_dict({"data": {"test_fraction": test_fraction}}).data).test
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    y = torch.tensor([test[i][1] for i in range(len(test))])
+    with torch.no_grad():
+        return model(x).softmax(1), y
+
+
+def run_json(tmp_path: Path, *argv: str) -> dict:
+    out = tmp_path / "r.json"
+    assert main(["eval", SMALL_TEST, *argv, "--no-progress", "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_eval_reports_what_a_direct_computation_gives(tmp_path: Path, capsys) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    res = run_json(tmp_path, str(ckpt))
+    probs, y = direct_probs(ckpt)
+    m = res["members"][0]
+    assert m["num_images"] == len(y) == 50  # 5 per class
+    assert m["top1"] == pytest.approx(100 * float((probs.argmax(1) == y).float().mean()))
+    top5 = (probs.topk(5, 1).indices == y[:, None]).any(1).float().mean()
+    assert m["top5"] == pytest.approx(100 * float(top5))
+    assert m["loss"] == pytest.approx(float(-probs[torch.arange(len(y)), y].log().mean()), 1e-5)
+    assert sum(v["images"] for v in m["per_class"].values()) == 50
+    assert res["ensemble"] is None and res["dataset"]["split"] == "test"
+    out = capsys.readouterr().out
+    assert "top-1 %" in out and "per-class top-1 accuracy" in out and str(ckpt) in out
+
+
+def test_ensemble_of_two_checkpoints_averages_softmax(tmp_path: Path, capsys) -> None:
+    a, b = tiny_checkpoint(tmp_path / "a.pt", 0), tiny_checkpoint(tmp_path / "b.pt", 1)
+    res = run_json(tmp_path, str(a), str(b))
+    (pa, y), (pb, _) = direct_probs(a), direct_probs(b)
+    ens = (pa + pb) / 2
+    assert [m["name"] for m in res["members"]] == [str(a), str(b)]
+    e = res["ensemble"]
+    assert e["top1"] == pytest.approx(100 * float((ens.argmax(1) == y).float().mean()))
+    assert e["loss"] == pytest.approx(float(-ens[torch.arange(len(y)), y].log().mean()), 1e-5)
+    table = capsys.readouterr().out
+    assert "ensemble" in table and str(a) in table and str(b) in table
+
+
+def test_ensemble_of_different_datasets_is_refused(tmp_path: Path, capsys) -> None:
+    a = tiny_checkpoint(tmp_path / "a.pt")
+    b = tiny_checkpoint(tmp_path / "b.pt", data={"name": "digits", "split_seed": 3})
+    assert main(["eval", str(a), str(b)]) == 2
+    assert "different datasets or splits (data.split_seed: 0 vs 3)" in capsys.readouterr().err
+    c = tiny_checkpoint(tmp_path / "c.pt", classes=list("abcdefghij"))
+    assert main(["eval", str(a), str(c)]) == 2
+    assert "same classes" in capsys.readouterr().err
+
+
+def test_larger_crop_and_ten_crop(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    big = run_json(tmp_path, str(ckpt), "--crop", "40")
+    assert big["members"][0]["preprocess"]["image_size"] == 40
+    assert big["members"][0]["num_images"] == 50
+
+    ten = run_json(tmp_path, str(ckpt), "--ten-crop", "--resize", "36", "data.test_fraction=0.01")
+    assert ten["mode"]["ten_crop"] is True and ten["members"][0]["num_images"] == 20
+    assert ten["members"][0]["preprocess"]["eval_resize"] == 36
+
+
+def test_confusion_png_and_its_class_limit(tmp_path: Path, capsys, monkeypatch) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    png = tmp_path / "conf.png"
+    argv = ["eval", str(ckpt), "data.test_fraction=0.01", "--no-progress", "--confusion", str(png)]
+    assert main(argv) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    monkeypatch.setattr(eval_cmd, "MAX_CONFUSION_CLASSES", 5)
+    assert main(argv) == 2
+    assert "--confusion draws at most 5 classes" in capsys.readouterr().err
+
+
+def test_plain_weights_with_a_model_name(tmp_path: Path) -> None:
+    model = create_model("resnext29_2x4d", num_classes=10)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    res = run_json(
+        tmp_path, "--model", "resnext29_2x4d", "--weights", str(tmp_path / "w.pth"),
+        "data.name=digits", "data.mean=[0.3,0.3,0.3]", "data.std=[0.3,0.3,0.3]",
+    )  # fmt: skip
+    assert res["members"][0]["preprocess"]["mean"] == [0.3] * 3
+    assert res["members"][0]["num_images"] == 50
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--split", "val", "data.val_fraction=0"], "has no val split; try --split test"),
+        (["--ema"], "no EMA weights"),
+        (["train.epochs=3"], "eval takes only data.* overrides"),
+        (["data.name=cifar11"], "data.name must be one of"),
+        (["--crop", "64", "--resize", "40"], "smaller than the crop"),
+    ],
+)
+def test_user_errors(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    assert main(["eval", str(ckpt), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    assert main(["eval", str(tmp_path / "nope.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,126 @@
+"""``resnext predict``: top-k per image, folders in batches, bad files skipped with exit 1."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from resnext import Classifier, create_model
+from resnext.cli import main
+from resnext.config import from_dict
+from resnext.data import DIGITS_CLASSES, build_splits
+from resnext.engine.checkpoint import save_checkpoint
+
+TINY = {"widths": (16, 32, 64), "stem_width": 16}
+DIGITS_PRE = {
+    "image_size": 32,
+    "eval_resize": None,
+    "interpolation": "bilinear",
+    "mean": [0.3052] * 3,
+    "std": [0.3236] * 3,
+}
+LINE = re.compile(r"^  (.+)  \((\d+\.\d\d)%\)$")
+
+
+def tiny_checkpoint(path: Path, num_classes: int = 10, classes: list[str] | None = None) -> Path:
+    """A checkpoint with the keys ``resnext train`` writes (see engine/checkpoint.py)."""
+    model = create_model("resnext29_2x4d", num_classes=num_classes, **TINY)
+    save_checkpoint(
+        path,
+        {
+            "arch": model.arch.to_dict(),
+            "model": model.state_dict(),
+            "ema": None,
+            "epoch": 1,
+            "step": 1,
+            "config": from_dict({}).to_dict(),
+            "classes": classes,
+            "preprocess": DIGITS_PRE,
+            "metrics": {},
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits_pngs(tmp_path_factory) -> tuple[Path, torch.Tensor]:
+    """Six digits test images saved as grayscale PNGs, and the eval tensors of the same."""
+    folder = tmp_path_factory.mktemp("pngs")
+    test = build_splits(from_dict({"data": {"test_fraction": 0.05}}).data).test
+    xs = []
+    for i in range(6):
+        img, label = test.base[i]
+        Image.fromarray(img[0].numpy()).save(folder / f"{i}_label{label}.png")
+        xs.append(test[i][0])
+    return folder, torch.stack(xs)
+
+
+def test_predict_json_matches_the_model_on_eval_tensors(tmp_path, capsys, digits_pngs) -> None:
+    folder, x = digits_pngs
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", classes=list(DIGITS_CLASSES))
+    rc = main(["predict", str(ckpt), str(folder), "--json", "--topk", "3", "--batch-size", "4"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["errors"] == [] and len(out["predictions"]) == 6
+    clf = Classifier.from_checkpoint(ckpt, device="cpu")
+    with torch.no_grad():
+        want = clf.model(x).softmax(1)
+    for i, pred in enumerate(out["predictions"]):
+        assert Path(pred["path"]).name.startswith(f"{i}_")  # sorted folder order
+        top = want[i].topk(3)
+        assert [p["class"] for p in pred["topk"]] == [str(int(k)) for k in top.indices]
+        got = torch.tensor([p["probability"] for p in pred["topk"]])
+        torch.testing.assert_close(got, top.values, rtol=0, atol=1e-6)
+
+
+def test_text_output_and_bad_files(tmp_path, capsys, digits_pngs) -> None:
+    folder, _ = digits_pngs
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", classes=list(DIGITS_CLASSES))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    good = sorted(folder.glob("*.png"))[:2]
+    argv = ["predict", str(ckpt), str(good[0]), str(bad), str(tmp_path / "gone.png"), str(good[1])]
+    assert main(argv) == 1
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    assert lines[0] == str(good[0]) and lines[6] == str(good[1])  # path, then 5 classes
+    for line in lines[1:6] + lines[7:12]:
+        m = LINE.match(line)
+        assert m and m[1] in DIGITS_CLASSES
+    assert "broken.jpg" in cap.err and "gone.png: does not exist" in cap.err
+    assert "2 input(s) failed, 2 classified" in cap.err
+
+
+def test_folder_skips_non_image_names_and_exits_0(tmp_path, capsys, digits_pngs) -> None:
+    folder, _ = digits_pngs
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "a.png").write_bytes(sorted(folder.glob("*.png"))[0].read_bytes())
+    ckpt = tiny_checkpoint(tmp_path.parent / f"{tmp_path.name}.pt")
+    assert main(["predict", str(ckpt), str(tmp_path), "--topk", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(tmp_path / "a.png") and len(out) == 2
+
+
+def test_1000_classes_without_names_print_imagenet_names(tmp_path, capsys, digits_pngs) -> None:
+    folder, _ = digits_pngs
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", num_classes=1000)
+    png = sorted(folder.glob("*.png"))[0]
+    assert main(["predict", str(ckpt), str(png), "--topk", "1000"]) == 0
+    names = [LINE.match(line)[1] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(names) == 1000 and "tench, Tinca tinca" in names
+    assert "toilet tissue, toilet paper, bathroom tissue" in names
+
+
+def test_predict_user_errors(tmp_path, capsys) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")
+    assert main(["predict", str(ckpt)]) == 2
+    assert "at least one image" in capsys.readouterr().err
+    assert main(["predict", str(ckpt), str(tmp_path), "--topk", "0"]) == 2
+    assert "--topk must be at least 1" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "x.png"), str(ckpt)]) == 2
+    assert "does not exist" in capsys.readouterr().err
