@@ -19,11 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, eval_transform
+from .data.images import BadImageError, load_image
+from .data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INTERPOLATIONS,
+    ToRGBImage,
+    eval_transform,
+)
 from .engine.checkpoint import load_checkpoint, model_from_checkpoint
 from .models import ResNeXt, create_model, default_input_size, parse_name
 from .weights import WeightsError, extract_state_dict, load_checked, read_file
@@ -34,8 +41,8 @@ ImageInput = str | Path | Image.Image | torch.Tensor
 CROP_RATIO = 224 / 256
 
 
-class ImageError(ValueError):
-    """An image file that cannot be read or is not an image; the message names the file."""
+# An image file that cannot be read or is not an image; the message names the file.
+ImageError = BadImageError
 
 
 @cache
@@ -59,26 +66,6 @@ def default_class_names(num_classes: int) -> list[str]:
     if num_classes == 1000:
         return imagenet_classes()
     return [str(i) for i in range(num_classes)]
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB, turned upright by its EXIF orientation (as cameras intend).
-
-    Raises :class:`ImageError` naming the file if it is missing, unreadable or not an image.
-    """
-    p = Path(path)
-    try:
-        with Image.open(p) as im:
-            im.load()  # decode now, so a truncated file fails here and not in a batch
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except FileNotFoundError as e:
-        raise ImageError(f"{str(p)!r} does not exist") from e
-    except IsADirectoryError as e:
-        raise ImageError(f"{str(p)!r} is a folder, not an image") from e
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{str(p)!r} is not an image PIL can read") from e
-    except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt data
-        raise ImageError(f"{str(p)!r} could not be decoded: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -173,13 +160,9 @@ class TenCropTransform:
         s = pre.image_size
         # Shorter side to the resize (default: the crop), as eval_transform does.
         resize = v2.Resize(pre.eval_resize or s, interp, antialias=True)
-        self.crops = v2.Compose([v2.ToImage(), resize, v2.TenCrop(s)])
+        self.crops = v2.Compose([ToRGBImage(), resize, v2.TenCrop(s)])
         self.finish = v2.Compose(
-            [
-                v2.RGB(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(pre.mean), list(pre.std)),
-            ]
+            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
         )
 
     def __call__(self, image: Any) -> torch.Tensor:
@@ -289,13 +272,15 @@ class Classifier:
     def to_tensor(self, image: ImageInput) -> torch.Tensor:
         """One input -> the preprocessed float ``(C, S, S)`` tensor the model sees.
 
-        Paths are opened upright (EXIF) as RGB; PIL images are converted to RGB; tensors are
-        uint8 ``(C, H, W)`` (0..255) or float (0..1), one or three channels.
+        Paths are opened upright (EXIF) as RGB by the data package's ``load_image``; PIL
+        images of any mode are converted to RGB by the eval transform (alpha over white,
+        16-bit scaled); tensors are uint8 ``(C, H, W)`` (0..255) or float (0..1), one or
+        three channels.
         """
         if isinstance(image, (str, Path)):
             image = load_image(image)
         elif isinstance(image, Image.Image):
-            image = image.convert("RGB")
+            pass
         elif isinstance(image, torch.Tensor):
             if image.ndim != 3 or image.shape[0] not in (1, 3):
                 raise ValueError(

@@ -114,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
                 tensors.append(clf.to_tensor(load_image(f)))
                 names.append(str(f))
             except ImageError as e:
-                errors.append((str(f), str(e)))
-                tqdm.write(f"resnext predict: {e}; skipped", file=sys.stderr)
+                # The loader's hint about data.on_bad_file is for datasets, not for predict.
+                why = str(e).split("; repair or remove")[0]
+                errors.append((str(f), why))
+                tqdm.write(f"resnext predict: {why}; skipped", file=sys.stderr)
         if tensors:
             top = clf.topk(clf.probabilities(torch.stack(tensors)), args.topk)
             for name, preds in zip(names, top, strict=True):
