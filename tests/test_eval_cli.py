@@ -103,6 +103,20 @@ def test_ensemble_of_different_datasets_is_refused(tmp_path: Path, capsys) -> No
     assert "same classes" in capsys.readouterr().err
 
 
+def test_ema_weights_by_default_when_training_selected_them(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    other = create_model("resnext29_2x4d", num_classes=10, **TINY).state_dict()
+    tiny_checkpoint(tmp_path / "b.pt", seed=5)  # its "model" weights are `other`
+    ckpt = tiny_checkpoint(tmp_path / "a.pt", ema=other, metrics={"selected": "ema"})
+    (pe, y), (pm, _) = direct_probs(tmp_path / "b.pt"), direct_probs(ckpt)
+    loss = {k: float(-p[torch.arange(len(y)), y].log().mean()) for k, p in (("e", pe), ("m", pm))}
+    assert loss["e"] != pytest.approx(loss["m"], rel=1e-3)
+    auto = run_json(tmp_path, str(ckpt))["members"][0]
+    assert auto["ema"] is True and auto["loss"] == pytest.approx(loss["e"], rel=1e-5)
+    plain = run_json(tmp_path, str(ckpt), "--no-ema")["members"][0]
+    assert plain["ema"] is False and plain["loss"] == pytest.approx(loss["m"], rel=1e-5)
+
+
 def test_larger_crop_and_ten_crop(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path / "a.pt")
     big = run_json(tmp_path, str(ckpt), "--crop", "40")

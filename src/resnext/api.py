@@ -214,11 +214,15 @@ class Classifier:
     def from_checkpoint(
         cls,
         path: str | Path,
-        use_ema: bool = False,
+        use_ema: bool | None = None,
         device: str | torch.device | None = None,
         precision: str = "fp32",
     ) -> Classifier:
-        """Load a ``resnext train`` checkpoint: its (or its EMA's) weights, classes, preprocess."""
+        """Load a ``resnext train`` checkpoint: its weights, classes and preprocessing.
+
+        ``use_ema``: True = the EMA weights, False = the trained weights, None = the ones the
+        training run selected and tested (``metrics.selected``; the trained weights if absent).
+        """
         return cls.from_checkpoint_dict(
             load_checkpoint(path), use_ema=use_ema, device=device, precision=precision, path=path
         )
@@ -227,12 +231,14 @@ class Classifier:
     def from_checkpoint_dict(
         cls,
         ckpt: Mapping[str, Any],
-        use_ema: bool = False,
+        use_ema: bool | None = None,
         device: str | torch.device | None = None,
         precision: str = "fp32",
         path: str | Path = "the checkpoint",
     ) -> Classifier:
         """As :meth:`from_checkpoint`, for a checkpoint already read with ``load_checkpoint``."""
+        if use_ema is None:
+            use_ema = selected_ema(ckpt)
         model = model_from_checkpoint(dict(ckpt), use_ema=use_ema)
         num_classes = model.arch.num_classes
         classes = ckpt.get("classes") or default_class_names(num_classes)
@@ -334,6 +340,12 @@ class Classifier:
             [(self.classes[i], float(p)) for p, i in zip(vs, ix, strict=True)]
             for vs, ix in zip(values.tolist(), indices.tolist(), strict=True)
         ]
+
+
+def selected_ema(ckpt: Mapping[str, Any]) -> bool:
+    """Whether the training run selected (and tested) the EMA weights of this checkpoint."""
+    metrics = ckpt.get("metrics") or {}
+    return metrics.get("selected") == "ema" and ckpt.get("ema") is not None
 
 
 def model_from_weights(

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..api import Classifier, Preprocess, model_from_weights, resolve_device
+from ..api import Classifier, Preprocess, model_from_weights, resolve_device, selected_ema
 from ..cli import UserError
 from ..config import ConfigError, DataConfig, from_dict, merge_overrides
 from ..data import TransformedDataset, build_raw_splits, make_loader
@@ -80,7 +80,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="registry name for --weights, e.g. resnext50_32x4d")
     p.add_argument("--weights", help="a plain state dict (.pth/.safetensors) for --model")
-    p.add_argument("--ema", action="store_true", help="use the checkpoints' EMA weights")
+    ema = p.add_mutually_exclusive_group()
+    ema.add_argument(
+        "--ema",
+        action="store_true",
+        default=None,
+        help="use the EMA weights (default: the weights the training run selected and tested)",
+    )
+    ema.add_argument(
+        "--no-ema", dest="ema", action="store_false", help="use the trained (non-EMA) weights"
+    )
     p.add_argument("--split", choices=("test", "val"), default="test", help="split to evaluate")
     p.add_argument("--data-name", help="dataset reader (same as data.name=...)")
     p.add_argument("--data-root", help="dataset location (same as data.root=...)")
@@ -112,6 +121,7 @@ class Member:
     name: str
     classifier: Classifier
     data: dict[str, Any] | None  # the checkpoint's data config section (None for --weights)
+    ema: bool = False  # evaluated with the EMA weights
 
 
 def split_inputs(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -147,10 +157,11 @@ def load_members(args: argparse.Namespace, paths: list[str]) -> list[Member]:
     members = []
     for p in paths:
         ckpt = load_checkpoint(p)
+        ema = selected_ema(ckpt) if args.ema is None else args.ema
         clf = Classifier.from_checkpoint_dict(
-            ckpt, use_ema=args.ema, device=device, precision=args.precision, path=p
+            ckpt, use_ema=ema, device=device, precision=args.precision, path=p
         )
-        members.append(Member(p, clf, (ckpt.get("config") or {}).get("data")))
+        members.append(Member(p, clf, (ckpt.get("config") or {}).get("data"), ema))
     check_same_dataset(members)
     return members
 
@@ -279,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         resize = p.eval_resize or f"{p.image_size}x{p.image_size}"
         print(
             f"{m.name}: resize {resize} -> {mode} {p.image_size}, {p.interpolation}, "
-            f"{args.precision}{', EMA weights' if args.ema else ''}"
+            f"{args.precision}, {'EMA' if m.ema else 'trained'} weights"
         )
     report = evaluate(
         [m.classifier.model for m in members],
@@ -293,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     print(results_table(report))
     print(per_class_table(report, classes))
     if args.json:
-        write_json(args.json, report, classes, cfg, args, pres)
+        write_json(args.json, report, classes, cfg, args, pres, members)
         print(f"wrote {args.json}")
     if args.confusion:
         draw_confusion(args.confusion, report.final, classes)
@@ -352,15 +363,16 @@ def write_json(
     cfg: DataConfig,
     args: argparse.Namespace,
     pres: list[Preprocess],
+    members: list[Member],
 ) -> None:
     """Every number of the report, with what was evaluated and how."""
     out = {
         "dataset": {"name": cfg.name, "root": cfg.root, "split": args.split},
         "classes": list(classes),
-        "mode": {"ten_crop": args.ten_crop, "precision": args.precision, "ema": args.ema},
+        "mode": {"ten_crop": args.ten_crop, "precision": args.precision},
         "members": [
-            {**r.to_dict(classes), "preprocess": p.to_dict()}
-            for r, p in zip(report.members, pres, strict=True)
+            {**r.to_dict(classes), "preprocess": p.to_dict(), "ema": m.ema}
+            for r, p, m in zip(report.members, pres, members, strict=True)
         ],
         "ensemble": report.ensemble.to_dict(classes) if report.ensemble else None,
     }

@@ -41,7 +41,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
+    ema = p.add_mutually_exclusive_group()
+    ema.add_argument(
+        "--ema",
+        action="store_true",
+        default=None,
+        help="use the EMA weights (default: the weights the training run selected and tested)",
+    )
+    ema.add_argument(
+        "--no-ema", dest="ema", action="store_false", help="use the trained (non-EMA) weights"
+    )
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
