@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import DataConfig
-from .base import SeededSampler, Splits, TransformedDataset
+from .base import SeededSampler, Splits, TransformedDataset, one_thread
 from .cifar import cifar_splits
 from .digits import DIGITS_CLASSES, digits_splits
 from .folder import imagefolder_splits, imagelist_splits
@@ -96,6 +97,12 @@ def build_splits(cfg: DataConfig) -> Splits:
     )
 
 
+def collate(batch: list[Any]) -> Any:
+    """torch's default collation, on one thread (see :func:`~resnext.data.base.one_thread`)."""
+    with one_thread():
+        return default_collate(batch)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -131,5 +138,6 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
         drop_last=False,
+        collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
     )
