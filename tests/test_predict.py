@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from resnext import Classifier, create_model
+from resnext.api import Preprocess
 from resnext.cli import main
 from resnext.config import from_dict
 from resnext.data import DIGITS_CLASSES, build_splits
@@ -124,3 +125,18 @@ def test_predict_user_errors(tmp_path, capsys) -> None:
     assert "--topk must be at least 1" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "x.png"), str(ckpt)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", "--model", "resnext29_2x4d", str(tmp_path)]) == 2
+    assert "--model and --weights go together" in capsys.readouterr().err
+
+
+def test_plain_weights_with_a_model_name(tmp_path, capsys, digits_pngs) -> None:
+    folder, _ = digits_pngs
+    model = create_model("resnext29_2x4d", num_classes=10)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    argv = ["predict", "--model", "resnext29_2x4d", "--weights", str(tmp_path / "w.pth")]
+    assert main([*argv, str(folder), "--topk", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["predictions"]
+    # The default CIFAR-family preprocessing: 32x32, ImageNet mean/std.
+    clf = Classifier(model, [str(i) for i in range(10)], Preprocess(32), device="cpu")
+    want = clf.predict(sorted(folder.glob("*.png")), topk=1)
+    assert [p["topk"][0]["class"] for p in out] == [w[0][0] for w in want]

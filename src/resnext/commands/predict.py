@@ -29,12 +29,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="top-k classes of images or folders of images",
+        usage="resnext predict CHECKPOINT IMAGE_OR_FOLDER [...] [options]\n"
+        "       resnext predict --model NAME --weights FILE IMAGE_OR_FOLDER [...] [options]",
         description="Classify images with a checkpoint (or --model NAME --weights FILE, then "
         "every positional argument is an image or folder).",
     )
     p.__class__ = IntermixedParser  # options and positionals in any order
     p.add_argument(
-        "inputs", nargs="+", metavar="CHECKPOINT IMAGE_OR_FOLDER", help="checkpoint, then images"
+        "inputs",
+        nargs="+",
+        metavar="PATH",
+        help="the checkpoint, then images and folders (with --weights: only images and folders)",
     )
     p.add_argument("--model", help="registry name for --weights, e.g. resnext50_32x4d")
     p.add_argument("--weights", help="a plain state dict (.pth/.safetensors) for --model")
