@@ -245,3 +245,9 @@ def test_error_from_a_worker_is_one_clear_line(tmp_path: Path) -> None:
     assert str(tmp_path / "bad.jpg") in message and "truncated" in message
     assert "worker process 0" in message
     assert cfg.on_bad_file == "error"  # the default policy
+
+
+def test_a_file_deleted_after_the_scan_is_a_bad_file(tmp_path: Path) -> None:
+    with pytest.raises(BadImageError, match="no such file") as info:
+        load_image(tmp_path / "gone.jpg")
+    assert info.value.path == str(tmp_path / "gone.jpg")

@@ -64,7 +64,8 @@ _BACKGROUND = (255, 255, 255)
 class BadImageError(DataError):
     """An image file that cannot be decoded; the message names the file and the reason."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, path: str | None = None, reason: str | None = None) -> None:
+        self.path, self.reason = path, reason
         # A DataLoader worker's exception is rebuilt in the main process as
         # ``type(msg)`` with the worker's whole traceback in ``msg``; keep only our own
         # message (its last line) so the user sees the path and reason, not a stack.
@@ -115,17 +116,18 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
             img.load()  # decode now: a truncated file fails here, not later in a transform
             upright = ImageOps.exif_transpose(img)  # camera photos stored rotated
             return to_rgb(upright if upright is not None else img)
-    except FileNotFoundError:
-        raise BadImageError(
-            f"image file {str(path)!r} does not exist (moved or deleted?)"
-        ) from None
     except Exception as e:  # PIL's decoders raise many types on broken files
-        reason = str(e) or type(e).__name__
-        if isinstance(e, Image.UnidentifiedImageError):
+        if isinstance(e, FileNotFoundError):
+            reason = "no such file (moved or deleted?)"
+        elif isinstance(e, Image.UnidentifiedImageError):
             reason = "not an image file PIL can read"
+        else:
+            reason = str(e) or type(e).__name__
         raise BadImageError(
             f"cannot read image {str(path)!r}: {reason}; repair or remove the file, or set "
-            "data.on_bad_file=skip to skip such files"
+            "data.on_bad_file=skip to skip such files",
+            str(path),
+            reason,
         ) from None
 
 
@@ -165,7 +167,7 @@ class ImageFiles(Dataset):
                 raise
             if not self._bad[index]:
                 self._bad[index] = 1
-                log.warning("skipping unreadable image (data.on_bad_file=skip): %s", e)
+                log.warning("skipping unreadable image %s: %s", e.path, e.reason)
             return None
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
