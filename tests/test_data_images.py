@@ -14,6 +14,7 @@ from PIL import Image, ImageFile
 
 from resnext.config import DataConfig
 from resnext.data import BadImageError, bad_file_report, build_splits, load_image, make_loader
+from resnext.data.base import Subset, TransformedDataset
 from resnext.data.images import ImageFiles
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -190,6 +191,10 @@ def test_skip_policy_replaces_logs_once_and_counts(
     assert report.count == len(BAD)
     assert sorted(Path(p).name for p in report.paths) == sorted(BAD)
     assert "skipped 3 unreadable file(s)" in str(report)
+    # a view of part of the split counts only its own files
+    first_bad = names.index(sorted(BAD)[0])
+    view = TransformedDataset(Subset(ds, [first_bad, expected[first_bad]]), lambda im: im)
+    assert bad_file_report(view).paths == [ds.paths[first_bad]]
 
 
 def test_skip_with_workers_keeps_batches_full_and_counts_across_processes(
@@ -231,7 +236,6 @@ def test_error_from_a_worker_is_one_clear_line(tmp_path: Path) -> None:
     make_gray_png(tmp_path / "ok.png")
     make_truncated_jpeg(tmp_path / "bad.jpg")
     cfg = DataConfig(augment="none", image_size=8)
-    from resnext.data.base import TransformedDataset
     from resnext.data.transforms import train_transform
 
     ds = TransformedDataset(
