@@ -37,25 +37,27 @@ from .weights import WeightsError, extract_state_dict, load_checked, read_file
 
 ImageInput = str | Path | Image.Image | torch.Tensor
 
-# The ImageNet evaluation ratio: resize the shorter side to 256, centre crop 224 (paper Sec. 4).
-CROP_RATIO = 224 / 256
-
-
 # An image file that cannot be read or is not an image; the message names the file.
 ImageError = BadImageError
 
 
-@cache
 def imagenet_classes() -> list[str]:
     """The 1,000 ImageNet-1k class names (WordNet synset lemmas), in class-index order.
 
     Index 0 is "tench, Tinca tinca", 999 "toilet tissue, toilet paper, bathroom tissue".
     The list was taken from timm's ``imagenet_synsets.txt`` + ``imagenet_synset_to_lemma.txt``
-    (synsets sorted, the standard ILSVRC-2012 label order) and checked against torchvision's
-    short category names, which it matches at all 1,000 indices.
+    (synsets sorted: the standard ILSVRC-2012 label order) and checked against torchvision's
+    short category names: the first lemma equals them at 998 indices; at the other two
+    torchvision disambiguates ("crane bird" at 134, the machine "crane" being 517;
+    "maillot tank suit" at 639).
     """
+    return list(_imagenet_classes())
+
+
+@cache
+def _imagenet_classes() -> tuple[str, ...]:
     text = resources.files("resnext").joinpath("imagenet_classes.txt").read_text("utf-8")
-    names = [line.strip() for line in text.splitlines() if line.strip()]
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
     if len(names) != 1000:
         raise RuntimeError(f"imagenet_classes.txt holds {len(names)} names, not 1000")
     return names
@@ -111,7 +113,10 @@ class Preprocess:
                 kw.pop(k, None)
         if kw.get("interpolation") is None:
             kw.pop("interpolation", None)
-        return cls(**kw)
+        try:
+            return cls(**kw)
+        except (ValueError, TypeError) as e:
+            raise WeightsError(f"preprocess entry {dict(d)}: {e}") from e
 
     @classmethod
     def for_model(cls, name: str) -> Preprocess:
