@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from .config import ConfigError
+from .data import DataError
 from .weights import WeightsError
 
 COMMANDS = ("models", "complexity", "train", "eval", "predict")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (UserError, ConfigError, WeightsError, FileNotFoundError) as e:
+    except (UserError, ConfigError, WeightsError, DataError, FileNotFoundError) as e:
         print(f"resnext {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
