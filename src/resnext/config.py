@@ -27,9 +27,9 @@ class ModelConfig:
     name: str = "resnext29_8x4d"  # registry name, e.g. resnext50_32x4d or resnext29_8x64d
     num_classes: int | None = None  # classifier outputs; None = the dataset's class count
     block_form: str = "c"  # paper Fig. 3 form: a (summed paths), b (concatenated), c (grouped)
-    zero_init_last_bn: bool = False  # start each block's last BN at gamma=0
-    stem_width: int = 64  # channels of the stem conv (64 in the paper)
-    widths: tuple[int, ...] | None = None  # block output width per stage; None = the paper's
+    zero_init_last_bn: bool = True  # start each block's last BN at gamma=0 (paper: False)
+    stem_width: int = 32  # channels of the stem conv (64 in the paper)
+    widths: tuple[int, ...] | None = (64, 128, 256)  # block output width per stage; None = paper's
     pretrained: str | None = None  # local weights file to start from (.pth/.pt/.safetensors)
 
 
@@ -43,7 +43,7 @@ class DataConfig:
     split_seed: int = 0  # seed of the train/val(/test) split; fixed, so splits never move
     image_size: int = 32  # training crop side (224 for ImageNet, 32 for CIFAR)
     eval_resize: int | None = None  # eval: resize shorter side to this, then centre crop
-    augment: str = "cifar"  # train augmentation: none | crop | cifar | imagenet | imagenet_scale
+    augment: str = "crop"  # train augmentation: none | crop | cifar | imagenet | imagenet_scale
     interpolation: str = "bilinear"  # resize filter, the same in train and eval
     mean: tuple[float, ...] | None = None  # normalisation mean; None = the dataset's own
     std: tuple[float, ...] | None = None  # normalisation std; None = the dataset's own
@@ -68,33 +68,34 @@ class OptimConfig:
     lr: float = 0.1  # learning rate at batch size lr_base_batch
     lr_base_batch: int | None = None  # linear scaling: lr * total_batch / this (None = off)
     momentum: float = 0.9  # SGD momentum
-    nesterov: bool = False  # Nesterov momentum (the paper's CIFAR recipe)
-    weight_decay: float = 1e-4  # L2 weight decay
+    nesterov: bool = True  # Nesterov momentum (the paper's CIFAR recipe)
+    weight_decay: float = 5e-4  # L2 weight decay (paper: 1e-4 ImageNet, 5e-4 CIFAR)
     no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = "multistep"  # step | multistep | cosine | constant
+    name: str = "cosine"  # step | multistep | cosine | constant
     step_size: int = 30  # step: epochs between decays
     milestones: tuple[int, ...] = ()  # multistep: epochs at which lr is multiplied by gamma
     gamma: float = 0.1  # decay factor of step and multistep
-    warmup_epochs: float = 0.0  # linear warm-up length in epochs (fractions allowed)
+    warmup_epochs: float = 1.0  # linear warm-up length in epochs (fractions allowed)
     warmup_start_factor: float = 0.1  # lr at the first warm-up step, as a share of lr
     min_lr: float = 0.0  # cosine: final learning rate
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10  # passes over the train split
-    batch_size: int = 128  # images per step on each process
+    epochs: int = 15  # passes over the train split
+    batch_size: int = 64  # images per step on each process
     accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    label_smoothing: float = 0.1  # cross-entropy label smoothing
     clip_grad_norm: float | None = None  # clip the gradient's global norm (None = off)
     amp: str = "none"  # mixed precision: none | bf16 | fp16 (fp16 only on CUDA)
-    channels_last: bool = False  # NHWC memory layout (faster convs on recent hardware)
+    channels_last: bool = True  # NHWC memory layout (faster convs on CPU and recent GPUs)
     compile: bool = False  # torch.compile the model
-    ema_decay: float | None = None  # EMA of the weights: w_ema = d*w_ema + (1-d)*w (None = off)
+    ema_decay: float | None = 0.98  # EMA of the weights: w_ema = d*w_ema + (1-d)*w (None = off)
+    eval_ema: bool = True  # with an EMA: select the model and test with the EMA weights
     seed: int = 0  # seed of weights init, shuffling and augmentation
     deterministic: bool = True  # deterministic kernels (bitwise-exact resume on CPU)
     device: str = "auto"  # auto (CUDA if present, else CPU) | cpu | cuda | cuda:N
@@ -103,6 +104,7 @@ class TrainConfig:
     resume: str | None = None  # auto (this run folder's last checkpoint) | a checkpoint path
     eval_every: int = 1  # validate every this many epochs
     log_every: int = 10  # write a metrics line every this many steps
+    checkpoint_every_steps: int | None = 500  # also write last.pt mid-epoch every N steps
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
     threads: int | None = None  # CPU threads for torch (None = torch's default)
     progress: bool = True  # show a progress bar

@@ -1,0 +1,276 @@
+"""`resnext train` end to end on a tiny ResNeXt and a slice of the built-in digits:
+the run folder, clear errors before training, and an exact resume after a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from resnext.cli import main
+from resnext.config import load_config
+from resnext.engine import load_checkpoint, model_from_checkpoint
+
+# ~180 train images (10% of 1,797), 16 per batch: 12 steps per epoch, about 0.1 s each.
+TINY = [
+    "model.name=resnext29_2x4d",
+    "model.widths=[16,32,64]",
+    "model.stem_width=16",
+    "data.test_fraction=0.8",
+    "train.batch_size=16",
+    "train.ema_decay=0.9",
+    "train.log_every=1",
+    "train.progress=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """`resnext train` sets process-wide torch flags; give the next test what it had."""
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det)
+
+
+def _train(tmp: Path, *extra: str, name: str = "r") -> int:
+    return main(["train", *TINY, f"train.output_dir={tmp}", f"train.run_name={name}", *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short run (1 epoch) shared by the tests that inspect or resume a run folder."""
+    tmp = tmp_path_factory.mktemp("runs")
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        assert _train(tmp, "train.epochs=1") == 0
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+    return tmp / "r"
+
+
+def test_run_folder_holds_config_metrics_checkpoints_and_curves(finished_run: Path) -> None:
+    files = {p.name for p in finished_run.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "last.pt", "best.pt", "curves.png"} <= files
+    cfg = load_config(finished_run / "config.yaml")
+    assert cfg.model.name == "resnext29_2x4d" and cfg.train.epochs == 1
+    records = [
+        json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()
+    ]
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("train") == 12 and kinds.count("epoch") == 1 and kinds[-1] == "test"
+    test = records[-1]
+    assert test["checkpoint"] == "best.pt" and test["weights"] == "ema"
+    assert test["test_images"] == 1438  # 80% of 1,797, stratified per class
+    ckpt = load_checkpoint(finished_run / "best.pt")
+    # What evaluation reads: arch, weights, EMA, classes, preprocess, config.
+    assert ckpt["classes"] == [str(i) for i in range(10)]
+    assert ckpt["preprocess"]["image_size"] == 32 and len(ckpt["preprocess"]["mean"]) == 3
+    assert ckpt["config"] == cfg.to_dict()
+    model = model_from_checkpoint(ckpt, use_ema=True)
+    assert torch.equal(model.fc.weight, ckpt["ema"]["fc.weight"])
+    assert ckpt["metrics"]["selected"] == "ema" and ckpt["metrics"]["best_epoch"] == 1
+
+
+def test_prints_a_results_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _train(tmp_path, "train.epochs=1", "train.max_steps=2") == 0
+    out = capsys.readouterr().out
+    assert "resnext29_2x4d (block form c" in out
+    for row in ("best val top-1", "test top-1 (best.pt, EMA weights)", "test top-5", "run folder"):
+        assert row in out
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["step"] == 2
+
+
+def _error(capsys: pytest.CaptureFixture, *args: str) -> str:
+    assert main(["train", *args]) == 2
+    return capsys.readouterr().err
+
+
+def test_missing_data_path_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    err = _error(
+        capsys,
+        *TINY,
+        "data.name=cifar10",
+        f"data.root={tmp_path / 'nope'}",
+        f"train.output_dir={tmp_path}",
+    )
+    assert "data.root=" in err and "does not exist" in err
+    assert list(tmp_path.iterdir()) == []  # no run folder left behind
+
+
+def test_unwritable_output_folder_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    err = _error(capsys, *TINY, f"train.output_dir={tmp_path / 'file' / 'runs'}")
+    assert "cannot create the run folder" in err and "is a file" in err
+
+
+def test_existing_run_needs_resume(finished_run: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _error(capsys, *TINY, f"train.output_dir={finished_run.parent}", "train.run_name=r")
+    assert "already holds a run" in err and "--resume" in err
+
+
+def test_nothing_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _error(capsys, *TINY, f"train.output_dir={tmp_path}", "--resume")
+    assert "nothing to resume" in err
+
+
+def test_resume_refuses_another_model(finished_run: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _error(
+        capsys,
+        *TINY,
+        "model.name=resnext29_4x4d",
+        f"train.resume={finished_run / 'last.pt'}",
+        f"train.output_dir={finished_run.parent}",
+    )
+    assert "holds another model (cardinality: 2 (checkpoint) vs 4 (now))" in err
+
+
+def test_resume_refuses_another_recipe(finished_run: Path, capsys: pytest.CaptureFixture) -> None:
+    err = _error(
+        capsys,
+        *TINY,
+        "optim.lr=0.05",
+        f"train.resume={finished_run / 'last.pt'}",
+        f"train.output_dir={finished_run.parent}",
+    )
+    assert "optim.lr: 0.1 (checkpoint) vs 0.05 (now)" in err
+
+
+def test_exploding_loss_stops_with_the_step_and_a_nonzero_exit(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rc = _train(
+        tmp_path,
+        "optim.lr=1.0e30",
+        "schedule.warmup_epochs=0",
+        "train.checkpoint_every_steps=1",
+        "train.epochs=1",
+    )
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "the loss became" in err and "at step" in err and "last good checkpoint" in err
+    step = int(err.split("at step ")[1].split()[0])
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["step"] == step - 1
+
+
+# -- exact resume after SIGKILL -----------------------------------------------------------
+def _cli(tmp: Path, name: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "resnext",
+        "train",
+        *TINY,
+        "train.epochs=3",
+        "train.threads=1",
+        "train.checkpoint_every_steps=2",
+        f"train.output_dir={tmp}",
+        f"train.run_name={name}",
+        *extra,
+    ]
+
+
+def _peek(path: Path) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return None
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
+    """Kill a real training process in the middle of epoch 2, resume it, compare every tensor."""
+    with (
+        open(tmp_path / "full.log", "w") as full_log,
+        open(tmp_path / "killed.log", "w") as killed_log,
+        open(tmp_path / "resumed.log", "w") as resumed_log,
+    ):
+        full = subprocess.Popen(_cli(tmp_path, "full"), stdout=full_log, stderr=subprocess.STDOUT)
+        victim = subprocess.Popen(
+            _cli(tmp_path, "killed"), stdout=killed_log, stderr=subprocess.STDOUT
+        )
+        last = tmp_path / "killed" / "last.pt"
+        deadline = time.monotonic() + 240
+        seen = None
+        while time.monotonic() < deadline and victim.poll() is None:
+            ckpt = _peek(last)
+            # Mid-epoch 2 (one epoch done, best.pt written), far enough from the epoch's end.
+            if ckpt is not None and ckpt["epoch"] == 1 and 0 < ckpt["epoch_step"] <= 4:
+                victim.send_signal(signal.SIGKILL)
+                seen = ckpt["step"]
+                break
+            time.sleep(0.005)
+        assert seen is not None, "the run ended or timed out before a mid-epoch checkpoint"
+        assert victim.wait() == -signal.SIGKILL
+        at_kill = _peek(last)
+        assert at_kill is not None
+        assert at_kill["epoch"] == 1 and 0 < at_kill["epoch_step"] < 12, "not killed mid-epoch"
+
+        resumed = subprocess.run(
+            _cli(tmp_path, "killed", "--resume"), stdout=resumed_log, stderr=subprocess.STDOUT
+        )
+        assert resumed.returncode == 0, (tmp_path / "resumed.log").read_text()
+        assert full.wait(timeout=240) == 0, (tmp_path / "full.log").read_text()
+    assert "resuming" in (tmp_path / "resumed.log").read_text()
+
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (3, 36)
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    for i, state in a["optimizer"]["state"].items():
+        mb = b["optimizer"]["state"][i]["momentum_buffer"]
+        assert torch.equal(state["momentum_buffer"], mb)
+    assert a["scheduler"] == b["scheduler"]
+
+    # The logs agree too, once wall-clock fields are set aside.
+    def records(run: str) -> list[dict]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        drop = ("seconds", "img_per_s")
+        return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
+
+    assert records("full") == records("killed")
+    cfg = yaml.safe_load((tmp_path / "killed" / "config.yaml").read_text())
+    assert cfg["train"]["resume"].endswith("last.pt")
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
+    """DDP under torchrun (gloo): two processes share the steps, rank 0 writes the files."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "resnext",
+        "train",
+        *TINY,
+        "train.epochs=1",
+        "train.threads=1",
+        f"train.output_dir={tmp_path}",
+        "train.run_name=ddp",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    # 180 images / 2 processes / batch 16 = 6 steps, lr scaled by nothing (lr_base_batch null).
+    assert ckpt["metrics"]["world_size"] == 2 and ckpt["step"] == 6
+    assert done.stdout.count("test top-1") == 1  # only rank 0 prints
+    assert not any(k.startswith("module.") for k in ckpt["model"])
