@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     mode = "10-crop" if args.ten_crop else "centre crop"
     print(f"dataset: {cfg.name}, {args.split} split: {len(dataset)} images, {len(classes)} classes")
     for m, p in zip(members, pres, strict=True):
-        resize = p.eval_resize or f"{p.image_size}x{p.image_size}"
+        resize = p.eval_resize or p.image_size  # shorter side, as eval_transform does
         print(
             f"{m.name}: resize {resize} -> {mode} {p.image_size}, {p.interpolation}, "
             f"{args.precision}, {'EMA' if m.ema else 'trained'} weights"
