@@ -169,3 +169,33 @@ def test_user_errors(tmp_path: Path, capsys, argv: list[str], message: str) -> N
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["eval", str(tmp_path / "nope.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_test_accuracy_training_printed(tmp_path: Path, capsys) -> None:
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        rc = main(
+            [
+                "train", "model.name=resnext29_2x4d", "model.widths=[16,32,64]",
+                "model.stem_width=16", "data.test_fraction=0.02", "data.val_fraction=0.02",
+                "train.batch_size=16", "train.epochs=1", "train.max_steps=2",
+                "train.ema_decay=0.9", "train.progress=false",
+                f"train.output_dir={tmp_path}", "train.run_name=r",
+            ]
+        )  # fmt: skip
+    finally:  # `resnext train` sets process-wide torch flags
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+    assert rc == 0
+    printed = capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
+    test = next(r for r in records if r.get("kind") == "test")
+    assert f"{test['test_top1']:.2f}%" in printed and test["weights"] == "ema"
+
+    res = run_json(tmp_path, str(tmp_path / "r" / "best.pt"), "data.test_fraction=0.02")
+    m = res["members"][0]
+    assert m["ema"] is True and m["num_images"] == test["test_images"]
+    assert m["top1"] == pytest.approx(test["test_top1"], abs=1e-9)
+    assert m["top5"] == pytest.approx(test["test_top5"], abs=1e-9)
+    assert m["loss"] == pytest.approx(test["test_loss"], rel=1e-5)
