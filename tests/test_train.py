@@ -153,7 +153,7 @@ def test_exploding_loss_stops_with_the_step_and_a_nonzero_exit(
 ) -> None:
     rc = _train(
         tmp_path,
-        "optim.lr=1.0e30",
+        "optim.lr=1.0e+30",
         "schedule.warmup_epochs=0",
         "train.checkpoint_every_steps=1",
         "train.epochs=1",

@@ -86,8 +86,8 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 15  # passes over the train split
-    batch_size: int = 64  # images per step on each process
+    epochs: int = 20  # passes over the train split
+    batch_size: int = 32  # images per step on each process
     accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     clip_grad_norm: float | None = None  # clip the gradient's global norm (None = off)

@@ -6,8 +6,17 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
-    """Train/val loss (left) and top-1 accuracy (right) per epoch, from the epoch records."""
+def plot_curves(
+    history: list[dict[str, Any]],
+    path: str | Path,
+    val_label: str = "val",
+    train_label: str = "train",
+) -> None:
+    """Train/val loss (left) and top-1 accuracy (right) per epoch, from the epoch records.
+
+    Train values are running averages over each epoch in train mode (augmented, BN batch
+    statistics); val values come from the weights being selected (``val_label`` says which).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,17 +25,18 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     epochs = [r["epoch"] for r in history]
     val = [r for r in history if "val_top1" in r]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], label=train_label)
     ax_acc.plot(epochs, [r["train_top1"] for r in history], label="train")
     if val:
         ve = [r["epoch"] for r in val]
-        ax_loss.plot(ve, [r["val_loss"] for r in val], label="val")
-        ax_acc.plot(ve, [r["val_top1"] for r in val], label="val")
+        ax_loss.plot(ve, [r["val_loss"] for r in val], label=val_label)
+        ax_acc.plot(ve, [r["val_top1"] for r in val], label=val_label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -539,7 +539,14 @@ class Trainer:
         if self.dist.is_main:
             from .plots import plot_curves
 
-            plot_curves(self.history, self.run_dir / "curves.png")
+            label = "val (EMA weights)" if self.selected == "ema" else "val"
+            smoothed = self.tc.label_smoothing > 0
+            plot_curves(
+                self.history,
+                self.run_dir / "curves.png",
+                val_label=label,
+                train_label="train (label-smoothed loss)" if smoothed else "train",
+            )
         return FitResult(
             run_dir=self.run_dir,
             steps=self.step,
