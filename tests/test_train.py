@@ -191,7 +191,7 @@ def _peek(path: Path) -> dict | None:
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
-    """Kill a real training process in the middle of epoch 2, resume it, compare every tensor."""
+    """SIGKILL a real training run in the middle of an epoch, resume it, compare every tensor."""
     with (
         open(tmp_path / "full.log", "w") as full_log,
         open(tmp_path / "killed.log", "w") as killed_log,
@@ -203,20 +203,26 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
         )
         last = tmp_path / "killed" / "last.pt"
         deadline = time.monotonic() + 240
-        seen = None
+        killed_at = None
         while time.monotonic() < deadline and victim.poll() is None:
             ckpt = _peek(last)
-            # Mid-epoch 2 (one epoch done, best.pt written), far enough from the epoch's end.
-            if ckpt is not None and ckpt["epoch"] == 1 and 0 < ckpt["epoch_step"] <= 4:
-                victim.send_signal(signal.SIGKILL)
-                seen = ckpt["step"]
-                break
+            # Wait for a checkpoint in the middle of epoch 2 or 3 (so one epoch, best.pt and
+            # its validation are behind it), freeze the process, and kill it if last.pt is
+            # still mid-epoch; SIGSTOP makes this immune to how late this loop looks.
+            if ckpt is not None and ckpt["epoch"] >= 1 and ckpt["epoch_step"] > 0:
+                victim.send_signal(signal.SIGSTOP)
+                frozen = _peek(last)
+                if frozen is not None and frozen["epoch_step"] > 0:
+                    victim.send_signal(signal.SIGKILL)
+                    killed_at = frozen
+                    break
+                victim.send_signal(signal.SIGCONT)
             time.sleep(0.005)
-        assert seen is not None, "the run ended or timed out before a mid-epoch checkpoint"
+        assert killed_at is not None, "the run ended or timed out before a mid-epoch checkpoint"
         assert victim.wait() == -signal.SIGKILL
         at_kill = _peek(last)
-        assert at_kill is not None
-        assert at_kill["epoch"] == 1 and 0 < at_kill["epoch_step"] < 12, "not killed mid-epoch"
+        assert at_kill is not None and at_kill["step"] == killed_at["step"]
+        assert 0 < at_kill["epoch_step"] < 12 and at_kill["step"] < 36, "not killed mid-epoch"
 
         resumed = subprocess.run(
             _cli(tmp_path, "killed", "--resume"), stdout=resumed_log, stderr=subprocess.STDOUT
