@@ -21,6 +21,8 @@ def test_defaults_and_overrides() -> None:
     )
     assert cfg.train.epochs == 3 and cfg.optim.lr == 0.05
     assert cfg.model.widths == (8, 16, 32) and cfg.train.clip_grad_norm is None
+    # YAML 1.1 reads 1e-4 without a dot as a string; it is still the number it spells.
+    assert load_config(overrides=["optim.weight_decay=1e-4"]).optim.weight_decay == 1e-4
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.train.epochs = 4  # type: ignore[misc]
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from resnext.cli import main
-from resnext.data import BadImageError
 from test_data_images import make_truncated_jpeg
 from test_data_readers import CIFAR10_NAMES, tar_gz, write_cifar10, write_image_tree
 
@@ -63,18 +62,17 @@ def test_imagenet_recipe_trains_on_an_image_folder_with_bad_files(
         f"train.output_dir={tmp_path / 'runs'}",
         *TINY,
     ]
-    # error policy (the recipe's): stops with the file and the reason, no worker traceback
-    # (raised as BadImageError, or printed by the CLI as an error line with exit code 2)
-    try:
-        code = main([*args, "train.run_name=strict"])
-        message = capsys.readouterr().err
-    except BadImageError as e:
-        code, message = 2, str(e)
-    assert code == 2
+    # error policy (the recipe's): stops with the file and the reason, exit code 2, no traceback
+    assert main([*args, "train.run_name=strict"]) == 2
+    message = capsys.readouterr().err
     assert "broken.jpg" in message and "truncated" in message
     assert "Traceback" not in message and "worker process" in message
-    # skip policy: trains, and the checkpoint names the classes
+    # skip policy: trains, reports the skipped file at the end of the epoch, names the classes
     assert main([*args, "train.run_name=lenient", "data.on_bad_file=skip"]) == 0
+    out = capsys.readouterr()
+    assert "skipped 1 unreadable file(s)" in out.out + out.err and "broken.jpg" in out.out + out.err
+    metrics = (tmp_path / "runs" / "lenient" / "metrics.jsonl").read_text().splitlines()
+    assert '"skipped_files": 1' in [ln for ln in metrics if '"kind": "epoch"' in ln][-1]
     ckpt = torch.load(tmp_path / "runs" / "lenient" / "last.pt", weights_only=True)
     assert ckpt["classes"] == classes and ckpt["epoch"] == 1
     assert ckpt["preprocess"]["eval_resize"] == 256

@@ -193,6 +193,12 @@ def _coerce(path: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it spells.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{path} must be a number, got {value!r} ({type(value).__name__})")
     if annotation is str:
         if isinstance(value, str):

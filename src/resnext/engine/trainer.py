@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..config import Config, ConfigError
-from ..data import make_loader
+from ..data import bad_file_report, make_loader
 from ..weights import load_checked
 from .checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier
@@ -489,6 +489,9 @@ class Trainer:
                 self.best_top1, self.best_epoch, improved = val["top1"], epoch_done, True
         elif self.val_set is None:
             self.best_epoch, improved = epoch_done, True  # no val split: keep the latest
+        skipped = bad_file_report(self.train_set)
+        if skipped.count:
+            record["skipped_files"] = skipped.count
         record["seconds"] = self.seconds + (time.perf_counter() - self._t_start)
         if not partial:
             self.epoch_sums.zero_()
@@ -503,6 +506,8 @@ class Trainer:
                 " *" if improved else ""
             )
         self.log(msg)
+        if skipped.count:
+            self.log(f"epoch {epoch_done:>3}: {skipped}")
         self.seconds += time.perf_counter() - self._t_start
         self._t_start = time.perf_counter()
         self._save_last()
