@@ -29,6 +29,8 @@ from .digits import stratified_split
 from .images import ImageFiles, is_image_file, list_images
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
+Samples = list[tuple[str, int]]  # (image path, label) pairs of one split
+
 
 def _folder_classes(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -173,16 +175,7 @@ def imagefolder_splits(cfg: DataConfig) -> Splits:
     test = None
     if cfg.test_dir is not None:
         test = _read_split_dir(root, cfg.test_dir, cfg.test_labels, classes, "test")
-    policy = cfg.on_bad_file
-    return Splits(
-        ImageFiles(train, policy, "train"),
-        ImageFiles(val, policy, "val") if val else None,
-        ImageFiles(test, policy, "test") if test else None,
-        classes,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        info,
-    )
+    return _image_splits(train, val, test, classes, cfg.on_bad_file, info)
 
 
 def _read_list(list_path: Path, root: Path | None) -> list[tuple[str, str]]:
@@ -253,7 +246,26 @@ def imagelist_splits(cfg: DataConfig) -> Splits:
         train, val = _carve(train, cfg.val_fraction, cfg.split_seed)
         info["val"] = f"{len(val)} images ({cfg.val_fraction:g}) carved from train"
     test = to_label.get("test")
-    policy = cfg.on_bad_file
+    return _image_splits(train, val, test, classes, cfg.on_bad_file, info)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _image_splits(
+    train: Samples,
+    val: Samples | None,
+    test: Samples | None,
+    classes: list[str],
+    policy: str,
+    info: dict,
+) -> Splits:
+    """Image-file splits with the bad-file policy, normalised with ImageNet's statistics."""
     return Splits(
         ImageFiles(train, policy, "train"),
         ImageFiles(val, policy, "val") if val else None,
@@ -263,11 +275,3 @@ def imagelist_splits(cfg: DataConfig) -> Splits:
         IMAGENET_STD,
         info,
     )
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True

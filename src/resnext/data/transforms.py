@@ -138,33 +138,21 @@ def train_transform(
         if augment == "cifar":
             ops.append(v2.RandomHorizontalFlip())
         return v2.Compose([*ops, to_float, norm])
-    if augment == "imagenet":
-        ops = [
-            ToRGBImage(),
-            v2.RandomResizedCrop(
-                image_size,
-                scale=(0.08, 1.0),
-                ratio=(3 / 4, 4 / 3),
-                interpolation=interp,
-                antialias=True,
-            ),
-            v2.RandomHorizontalFlip(),
-            to_float,
-        ]
-        if color_jitter > 0:
-            ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
-        if pca_lighting > 0:
-            ops.append(Lighting(pca_lighting))
-        return v2.Compose([*ops, norm])
-    if augment == "imagenet_scale":
-        lo, hi = round(image_size * 256 / 224), round(image_size * 480 / 224)
-        ops = [
-            ToRGBImage(),
-            RandomShorterSideResize(lo, hi, interp),
-            v2.RandomCrop(image_size),
-            v2.RandomHorizontalFlip(),
-            to_float,
-        ]
+    if augment in ("imagenet", "imagenet_scale"):
+        if augment == "imagenet":
+            geometry: list = [
+                v2.RandomResizedCrop(
+                    image_size,
+                    scale=(0.08, 1.0),
+                    ratio=(3 / 4, 4 / 3),
+                    interpolation=interp,
+                    antialias=True,
+                )
+            ]
+        else:
+            lo, hi = round(image_size * 256 / 224), round(image_size * 480 / 224)
+            geometry = [RandomShorterSideResize(lo, hi, interp), v2.RandomCrop(image_size)]
+        ops = [ToRGBImage(), *geometry, v2.RandomHorizontalFlip(), to_float]
         if color_jitter > 0:
             ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
         if pca_lighting > 0:
