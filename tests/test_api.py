@@ -9,21 +9,13 @@ import torch
 from PIL import Image
 
 import resnext
+from helpers import DIGITS_PRE, TINY
 from resnext import Classifier, create_model
 from resnext.api import ImageError, Preprocess, imagenet_classes, load_image
 from resnext.config import from_dict
 from resnext.data import DIGITS_CLASSES, build_splits
 from resnext.engine.checkpoint import save_checkpoint
 from resnext.weights import WeightsError
-
-TINY = {"widths": (16, 32, 64), "stem_width": 16}
-DIGITS_PRE = {
-    "image_size": 32,
-    "eval_resize": None,
-    "interpolation": "bilinear",
-    "mean": [0.3052] * 3,
-    "std": [0.3236] * 3,
-}
 
 
 def tiny_checkpoint(path: Path, num_classes: int = 10, classes: list[str] | None = None) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import DIGITS_PRE, TINY
 from resnext import create_model
 from resnext.cli import main
 from resnext.commands import eval as eval_cmd
@@ -15,15 +16,7 @@ from resnext.config import from_dict
 from resnext.data import DIGITS_CLASSES, build_splits
 from resnext.engine.checkpoint import save_checkpoint
 
-TINY = {"widths": (16, 32, 64), "stem_width": 16}
 SMALL_TEST = "data.test_fraction=0.03"  # 50 of the 1,797 digits: keeps the tests fast
-DIGITS_PRE = {
-    "image_size": 32,
-    "eval_resize": None,
-    "interpolation": "bilinear",
-    "mean": [0.3052] * 3,
-    "std": [0.3236] * 3,
-}
 
 
 def tiny_checkpoint(path: Path, seed: int = 0, data: dict | None = None, **extra) -> Path:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import DIGITS_PRE, TINY
 from resnext import Classifier, create_model
 from resnext.api import Preprocess
 from resnext.cli import main
@@ -17,14 +18,6 @@ from resnext.config import from_dict
 from resnext.data import DIGITS_CLASSES, build_splits
 from resnext.engine.checkpoint import save_checkpoint
 
-TINY = {"widths": (16, 32, 64), "stem_width": 16}
-DIGITS_PRE = {
-    "image_size": 32,
-    "eval_resize": None,
-    "interpolation": "bilinear",
-    "mean": [0.3052] * 3,
-    "std": [0.3236] * 3,
-}
 LINE = re.compile(r"^  (.+)  \((\d+\.\d\d)%\)$")
 
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from ..config import DataConfig
 from .base import SeededSampler, Splits, TransformedDataset, one_thread
 from .cifar import cifar_splits
-from .digits import DIGITS_CLASSES, digits_splits
+from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, digits_splits
 from .folder import imagefolder_splits, imagelist_splits
 from .mnist import mnist_splits
 from .transforms import eval_transform, train_transform
@@ -19,15 +19,13 @@ from .transforms import eval_transform, train_transform
 
 def _digits(cfg: DataConfig) -> Splits:
     train, val, test = digits_splits(cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    # Pixel statistics of all 1,797 digits at 32x32 (the three channels are equal).
-    mean, std = (0.3052,) * 3, (0.3236,) * 3
     return Splits(
         train,
         val,
         test,
         list(DIGITS_CLASSES),
-        mean,
-        std,
+        DIGITS_MEAN,
+        DIGITS_STD,
         info={"source": "scikit-learn digits (built in)"},
     )
 
