@@ -93,8 +93,16 @@ def test_arbitrary_pickles_are_refused(tmp_path: Path) -> None:
     """weights_only=True: a file holding arbitrary objects is not unpickled."""
     evil = {"model": tiny().state_dict(), "args": argparse.Namespace(lr=0.1)}
     torch.save(evil, tmp_path / "evil.pth")
-    with pytest.raises(WeightsError, match="weights_only=True refuses arbitrary pickles"):
+    with pytest.raises(
+        WeightsError, match=r"\(it holds argparse.Namespace\).*weights_only=True, which refuses"
+    ):
         read_file(tmp_path / "evil.pth")
+
+
+def test_a_file_that_is_no_weights_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "notes.pth").write_text("# my notes\n")
+    with pytest.raises(WeightsError, match=r"is not a PyTorch .* or .safetensors weights file"):
+        read_file(tmp_path / "notes.pth")
 
 
 def test_not_a_state_dict(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Files a user hands us are never fully unpickled: ``.pt``/``.pth`` go through
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,13 +35,23 @@ def read_file(path: str | Path) -> dict:
             return dict(load_file(str(p), device="cpu"))
         except (SafetensorError, OSError, ValueError) as e:
             raise WeightsError(f"{str(p)!r} is not a readable safetensors file: {e}") from e
+    with open(p, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK\x03\x04); old files are a pickle (protocol byte 0x80).
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise WeightsError(
+            f"{str(p)!r} is not a PyTorch (.pt/.pth) or .safetensors weights file; give a "
+            "checkpoint written by `resnext train` or a saved state dict"
+        )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" (it holds {found[1]})" if found else ""
         raise WeightsError(
-            f"{str(p)!r} holds objects other than tensors and plain containers, so it was not "
-            f"loaded (weights_only=True refuses arbitrary pickles): {str(e).splitlines()[0]}. "
-            "Re-save it as a state dict or .safetensors from code you trust."
+            f"{str(p)!r} holds objects other than tensors and plain containers{what}, so it was "
+            "not loaded: files are read with weights_only=True, which refuses arbitrary "
+            "pickles. Re-save it as a state dict or .safetensors from code you trust."
         ) from e
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise WeightsError(
