@@ -26,6 +26,7 @@ from ..data import TransformedDataset, build_raw_splits, make_loader
 from ..engine.checkpoint import load_checkpoint
 from ..engine.evaluate import EvalReport, EvalResult, evaluate
 from ..table import format_table
+from .common import IntermixedParser, add_model_options
 
 # DataConfig keys that do not change which images and labels a split holds; members of an
 # ensemble must agree on every other key (name, root, fractions, split seed, folders, ...).
@@ -47,22 +48,6 @@ MAX_CONFUSION_CLASSES = 100
 _OVERRIDE = re.compile(r"^[A-Za-z_]+\.[A-Za-z_]+=")
 
 
-class IntermixedParser(argparse.ArgumentParser):
-    """Accepts positionals after options (``eval a.pt --ten-crop b.pt data.root=x``), which
-    plain ``parse_args`` refuses once a ``nargs="*"`` positional has been consumed."""
-
-    _inside = False
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if self._inside:  # parse_known_intermixed_args calls back in here (Python < 3.13)
-            return super().parse_known_args(args, namespace)
-        self._inside = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inside = False
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
@@ -78,18 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="CHECKPOINT|data.key=value",
         help="checkpoints from `resnext train` (several = an ensemble), and data overrides",
     )
-    p.add_argument("--model", help="registry name for --weights, e.g. resnext50_32x4d")
-    p.add_argument("--weights", help="a plain state dict (.pth/.safetensors) for --model")
-    ema = p.add_mutually_exclusive_group()
-    ema.add_argument(
-        "--ema",
-        action="store_true",
-        default=None,
-        help="use the EMA weights (default: the weights the training run selected and tested)",
-    )
-    ema.add_argument(
-        "--no-ema", dest="ema", action="store_false", help="use the trained (non-EMA) weights"
-    )
+    add_model_options(p)
     p.add_argument("--split", choices=("test", "val"), default="test", help="split to evaluate")
     p.add_argument("--data-name", help="dataset reader (same as data.name=...)")
     p.add_argument("--data-root", help="dataset location (same as data.root=...)")
@@ -104,13 +78,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=128, help="images per batch")
     p.add_argument("--workers", type=int, help="DataLoader workers (default: data.num_workers)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
     p.add_argument(
         "--confusion", metavar="PNG", help="draw the confusion matrix (up to 100 classes)"
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
 

@@ -16,13 +16,8 @@ from tqdm import tqdm
 
 from ..api import Classifier, ImageError, load_image
 from ..cli import UserError
-from .eval import IntermixedParser
-
-# Files in a folder are classified if their suffix is one of these (case-insensitive);
-# files named explicitly are always tried.
-IMAGE_SUFFIXES = {
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jfif",
-}  # fmt: skip
+from ..data.images import is_image_file
+from .common import IntermixedParser, add_model_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,24 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="the checkpoint, then images and folders (with --weights: only images and folders)",
     )
-    p.add_argument("--model", help="registry name for --weights, e.g. resnext50_32x4d")
-    p.add_argument("--weights", help="a plain state dict (.pth/.safetensors) for --model")
+    add_model_options(p)
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    ema = p.add_mutually_exclusive_group()
-    ema.add_argument(
-        "--ema",
-        action="store_true",
-        default=None,
-        help="use the EMA weights (default: the weights the training run selected and tested)",
-    )
-    ema.add_argument(
-        "--no-ema", dest="ema", action="store_false", help="use the trained (non-EMA) weights"
-    )
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
 
@@ -72,7 +53,8 @@ def collect(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
             found = sorted(
                 f
                 for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+                # Files named explicitly are always tried; in folders, image names only.
+                if f.is_file() and is_image_file(f.name)
             )
             if not found:
                 errors.append((item, "folder holds no image files"))

@@ -43,6 +43,7 @@ log = logging.getLogger("resnext.data")
 IMAGE_EXTENSIONS = (
     ".jpg",
     ".jpeg",
+    ".jfif",
     ".png",
     ".ppm",
     ".pgm",

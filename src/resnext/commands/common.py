@@ -1,0 +1,40 @@
+"""Argument-parsing pieces shared by the sub-commands that load a model (eval, predict)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Accepts positionals after options (``eval a.pt --ten-crop b.pt data.root=x``), which
+    plain ``parse_args`` refuses once a ``nargs="*"`` positional has been consumed."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._inside:  # parse_known_intermixed_args calls back in here (Python < 3.13)
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--model/--weights, --ema/--no-ema, --precision, --device, --no-progress."""
+    p.add_argument("--model", help="registry name for --weights, e.g. resnext50_32x4d")
+    p.add_argument("--weights", help="a plain state dict (.pth/.safetensors) for --model")
+    ema = p.add_mutually_exclusive_group()
+    ema.add_argument(
+        "--ema",
+        action="store_true",
+        default=None,
+        help="use the EMA weights (default: the weights the training run selected and tested)",
+    )
+    ema.add_argument(
+        "--no-ema", dest="ema", action="store_false", help="use the trained (non-EMA) weights"
+    )
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
