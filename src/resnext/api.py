@@ -32,6 +32,7 @@ from .data.transforms import (
     eval_transform,
 )
 from .engine.checkpoint import load_checkpoint, model_from_checkpoint
+from .engine.distributed import resolve_device as engine_resolve_device
 from .models import ResNeXt, create_model, default_input_size, parse_name
 from .weights import WeightsError, extract_state_dict, load_checked, read_file
 
@@ -175,10 +176,8 @@ class TenCropTransform:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA if available, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``None``/"auto" -> CUDA if available, else CPU; the trainer's rule and checks."""
+    return engine_resolve_device(device, what="device")
 
 
 def autocast(device: torch.device, precision: str) -> Any:
