@@ -1,8 +1,10 @@
 """Run configuration: frozen dataclasses <- YAML file <- ``key=value`` overrides.
 
 Every field has a one-line comment, so this file is the reference for the config
-files in ``configs/``. Unknown keys and wrong types raise :class:`ConfigError`
-naming the key and the nearest valid one.
+files in ``configs/``: a recipe holds only what it sets over these defaults, and
+:func:`~resnext.configdoc.format_config` prints the fully resolved config with each field's comment
+(``resnext train --print-config``). Unknown keys and wrong types raise
+:class:`ConfigError` naming the key and the nearest valid one.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says how to fix it."""
+from .errors import ConfigError
+from .runtime import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class TrainConfig:
     accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     clip_grad_norm: float | None = None  # clip the gradient's global norm (None = off)
-    amp: str = "none"  # mixed precision: none | bf16 | fp16 (fp16 only on CUDA)
+    precision: str = "fp32"  # forward pass in fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
     channels_last: bool = True  # NHWC memory layout (faster convs on CPU and recent GPUs)
     compile: bool = False  # torch.compile the model
     ema_decay: float | None = 0.98  # EMA of the weights: w_ema = d*w_ema + (1-d)*w (None = off)
@@ -108,15 +109,16 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
     threads: int | None = None  # CPU threads for torch (None = torch's default)
     progress: bool = True  # show a progress bar
+    tensorboard: bool | None = None  # TensorBoard event files; None = on if it is installed
 
 
 @dataclass(frozen=True)
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the network (resnext.models)
+    data: DataConfig = field(default_factory=DataConfig)  # dataset and transforms (resnext.data)
+    optim: OptimConfig = field(default_factory=OptimConfig)  # the optimizer (resnext.engine)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # lr per optimizer step
+    train: TrainConfig = field(default_factory=TrainConfig)  # the training loop (resnext.engine)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -143,7 +145,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_bad_file": ("error", "skip"),
     "optim.name": ("sgd",),
     "schedule.name": ("step", "multistep", "cosine", "constant"),
-    "train.amp": ("none", "bf16", "fp16"),
+    "train.precision": PRECISIONS,
+}
+
+# Keys of earlier versions, read from stored configs (checkpoints) and old recipes:
+# old key -> (new key, old value -> new value).
+RENAMED: dict[str, tuple[str, dict[Any, Any]]] = {
+    "train.amp": ("train.precision", {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}),
 }
 
 
@@ -213,6 +221,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
+        if path in RENAMED:
+            new_path, values = RENAMED[path]
+            key, path = new_path.rsplit(".", 1)[1], new_path
+            value = values.get(value, value)
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}" + _nearest(key, names, prefix))
         hint = hints[key]
@@ -293,20 +305,24 @@ def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def read_recipe(path: str | Path | None) -> dict[str, Any]:
+    """The mapping a recipe file holds ({} for no file, or one that holds only comments)."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; configs/ lists the recipes")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or start from the defaults) and apply ``key=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist; configs/ lists the recipes")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from e
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
-        data = loaded
-    return from_dict(merge_overrides(data, overrides or []))
+    return from_dict(merge_overrides(read_recipe(path), overrides or []))
