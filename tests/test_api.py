@@ -9,39 +9,13 @@ import torch
 from PIL import Image
 
 import resnext
-from helpers import DIGITS_PRE, TINY
+from helpers import tiny_checkpoint
 from resnext import Classifier, create_model
-from resnext.api import ImageError, Preprocess, imagenet_classes, load_image
 from resnext.config import from_dict
-from resnext.data import DIGITS_CLASSES, build_splits
-from resnext.engine.checkpoint import save_checkpoint
+from resnext.data import DIGITS_CLASSES, Preprocess, build_splits, load_image
+from resnext.inference import ImageError, imagenet_classes
+from resnext.models import default_input_size
 from resnext.weights import WeightsError
-
-
-def tiny_checkpoint(path: Path, num_classes: int = 10, classes: list[str] | None = None) -> Path:
-    """A checkpoint with the keys ``resnext train`` writes (see engine/checkpoint.py)."""
-    model = create_model("resnext29_2x4d", num_classes=num_classes, **TINY)
-    cfg = from_dict({"data": {"name": "digits", "test_fraction": 0.05}})
-    save_checkpoint(
-        path,
-        {
-            "arch": model.arch.to_dict(),
-            "model": model.state_dict(),
-            "ema": None,
-            "optimizer": None,
-            "scheduler": None,
-            "scaler": None,
-            "epoch": 1,
-            "epoch_step": 0,
-            "step": 1,
-            "rng": None,
-            "config": cfg.to_dict(),
-            "classes": classes,
-            "preprocess": DIGITS_PRE,
-            "metrics": {},
-        },
-    )
-    return path
 
 
 def test_imagenet_class_names_are_the_synset_lemmas() -> None:
@@ -135,7 +109,7 @@ def test_from_weights_reads_the_class_count_and_uses_imagenet_names(tmp_path: Pa
 
 
 def test_preprocess_defaults_and_larger_crop() -> None:
-    pre = Preprocess.for_model("resnext50_32x4d")
+    pre = Preprocess.for_input_size(default_input_size("resnext50_32x4d"))
     assert (pre.image_size, pre.eval_resize) == (224, 256)
     assert pre.with_crop(320).eval_resize == 366  # 320 * 256 / 224 = 365.7: the same ratio
     assert pre.with_crop(320, 320) == Preprocess(320, 320)

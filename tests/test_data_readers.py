@@ -201,7 +201,7 @@ def test_cifar100_fine_and_coarse(tmp_path: Path) -> None:
 
 
 def test_cifar_errors_say_what_was_expected(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=re.escape("cifar-10-python.tar.gz")):
+    with pytest.raises(DataError, match=re.escape("cifar-10-python.tar.gz")):
         build_raw_splits(DataConfig(name="cifar10", root=str(tmp_path / "missing")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="cifar-10-batches-py"):
@@ -325,9 +325,9 @@ def test_imagefolder_carved_val_and_layout_errors(tmp_path: Path) -> None:
     s = build_raw_splits(cfg)
     assert len(s.train) == 8 and s.val.labels == [0, 1] and s.test is None
     assert not set(s.train.paths) & set(s.val.paths)
-    with pytest.raises(FileNotFoundError, match="val_dir=null"):
+    with pytest.raises(DataError, match="val_dir=null"):
         build_raw_splits(DataConfig(name="imagefolder", root=str(tmp_path)))
-    with pytest.raises(FileNotFoundError, match="train folder"):
+    with pytest.raises(DataError, match="train folder"):
         build_raw_splits(DataConfig(name="imagefolder", root=str(tmp_path), train_dir="nope"))
     write_image_tree(tmp_path / "val", ["zebra"], 1)
     with pytest.raises(DataError, match="'zebra', which the train folder lacks"):

@@ -8,40 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import DIGITS_PRE, TINY
+import resnext
+from helpers import TINY, tiny_checkpoint
 from resnext import create_model
 from resnext.cli import main
 from resnext.commands import eval as eval_cmd
 from resnext.config import from_dict
-from resnext.data import DIGITS_CLASSES, build_splits
-from resnext.engine.checkpoint import save_checkpoint
+from resnext.data import build_splits
 
 SMALL_TEST = "data.test_fraction=0.03"  # 50 of the 1,797 digits: keeps the tests fast
 
 
-def tiny_checkpoint(path: Path, seed: int = 0, data: dict | None = None, **extra) -> Path:
-    """A checkpoint with the keys ``resnext train`` writes (see engine/checkpoint.py)."""
-    torch.manual_seed(seed)
-    model = create_model("resnext29_2x4d", num_classes=10, **TINY)
-    cfg = from_dict({"data": data or {"name": "digits"}})
-    payload = {
-        "arch": model.arch.to_dict(),
-        "model": model.state_dict(),
-        "ema": None,
-        "epoch": 1,
-        "step": 1,
-        "config": cfg.to_dict(),
-        "classes": list(DIGITS_CLASSES),
-        "preprocess": DIGITS_PRE,
-        "metrics": {},
-    }
-    save_checkpoint(path, {**payload, **extra})
-    return path
-
-
 def direct_probs(ckpt: Path, test_fraction: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax of the checkpoint's model on the digits test split, computed by hand."""
-    from resnext.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from resnext.weights import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
     test = build_splits(from_dict({"data": {"test_fraction": test_fraction}}).data).test
@@ -74,7 +54,7 @@ def test_eval_reports_what_a_direct_computation_gives(tmp_path: Path, capsys) ->
 
 
 def test_ensemble_of_two_checkpoints_averages_softmax(tmp_path: Path, capsys) -> None:
-    a, b = tiny_checkpoint(tmp_path / "a.pt", 0), tiny_checkpoint(tmp_path / "b.pt", 1)
+    a, b = tiny_checkpoint(tmp_path / "a.pt"), tiny_checkpoint(tmp_path / "b.pt", seed=1)
     res = run_json(tmp_path, str(a), str(b))
     (pa, y), (pb, _) = direct_probs(a), direct_probs(b)
     ens = (pa + pb) / 2
@@ -84,6 +64,18 @@ def test_ensemble_of_two_checkpoints_averages_softmax(tmp_path: Path, capsys) ->
     assert e["loss"] == pytest.approx(float(-ens[torch.arange(len(y)), y].log().mean()), 1e-5)
     table = capsys.readouterr().out
     assert "ensemble" in table and str(a) in table and str(b) in table
+
+
+def test_evaluate_from_python_is_what_the_command_prints(tmp_path: Path) -> None:
+    a, b = tiny_checkpoint(tmp_path / "a.pt"), tiny_checkpoint(tmp_path / "b.pt", seed=1)
+    cli = run_json(tmp_path, str(a), str(b), "--ten-crop", "--resize", "36")
+    report = resnext.evaluate(
+        [a, b], data={"test_fraction": 0.03}, ten_crop=True, resize=36, device="cpu"
+    )
+    assert report.to_dict() == json.loads(json.dumps(cli))
+    assert report.ensemble is not None and report.final.num_images == cli["ensemble"]["num_images"]
+    assert cli["mode"] == {"ten_crop": True, "precision": "fp32"}
+    assert cli["members"][0]["preprocess"]["eval_resize"] == 36
 
 
 def test_ensemble_of_different_datasets_is_refused(tmp_path: Path, capsys) -> None:
@@ -146,7 +138,7 @@ def test_plain_weights_with_a_model_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--split", "val", "data.val_fraction=0"], "has no val split; try --split test"),
+        (["--split", "val", "data.val_fraction=0"], "has no val split; evaluate the test split"),
         (["--ema"], "no EMA weights"),
         (["train.epochs=3"], "eval takes only data.* overrides"),
         (["data.name=cifar11"], "data.name must be one of"),
@@ -185,8 +177,9 @@ def test_eval_reproduces_the_test_accuracy_training_printed(tmp_path: Path, caps
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
     test = next(r for r in records if r.get("kind") == "test")
     assert f"{test['test_top1']:.2f}%" in printed and test["weights"] == "ema"
+    assert test["checkpoint"] == "last.pt"  # a max_steps stop inside epoch 1: nothing selected
 
-    res = run_json(tmp_path, str(tmp_path / "r" / "best.pt"), "data.test_fraction=0.02")
+    res = run_json(tmp_path, str(tmp_path / "r" / "last.pt"), "data.test_fraction=0.02")
     m = res["members"][0]
     assert m["ema"] is True and m["num_images"] == test["test_images"]
     assert m["top1"] == pytest.approx(test["test_top1"], abs=1e-9)

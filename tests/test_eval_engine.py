@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from resnext.api import Preprocess
-from resnext.engine.evaluate import crop_log_probs, ensemble_log_probs, evaluate
+from resnext.data import Preprocess
+from resnext.errors import ConfigError
+from resnext.inference.metrics import crop_log_probs, ensemble_log_probs, run_metrics
 
 
 class FixedLogits(nn.Module):
@@ -61,7 +62,7 @@ def test_ten_crop_scores_are_the_average_of_the_crops_softmax() -> None:
     images = [torch.randint(0, 256, (3, 6, 6), dtype=torch.uint8) for _ in range(4)]
     x = torch.stack([tf(im) for im in images])  # (4, 10, 3, 4, 4)
     labels = torch.tensor([0, 1, 2, 1])
-    report = evaluate([model], [(x, labels)], 3, progress=False, keep_probs=True)
+    report = run_metrics([model], [(x, labels)], 3, progress=False, keep_probs=True)
 
     with torch.no_grad():
         hand = torch.stack([model(crops).softmax(1).mean(0) for crops in x])
@@ -81,7 +82,7 @@ def test_ensemble_averages_softmax_not_logits() -> None:
     b = FixedLogits([[0.0, 1.0], [0.0, 2.0]])
     c = FixedLogits([[0.0, 1.0], [5.0, 0.0]])
     labels = torch.tensor([1, 1])
-    report = evaluate(
+    report = run_metrics(
         [a, b, c], [(index_batch(2), labels)], 2, names=["a", "b", "c"], progress=False,
         keep_probs=True,
     )  # fmt: skip
@@ -100,7 +101,7 @@ def test_members_with_their_own_inputs() -> None:
     # A list of inputs gives each member its own tensor (different preprocessing).
     a = FixedLogits([[1.0, 0.0], [0.0, 1.0]])
     x0, x1 = index_batch(2), index_batch(2).flip(0)
-    report = evaluate([a, a], [([x0, x1], torch.tensor([0, 1]))], 2, progress=False)
+    report = run_metrics([a, a], [([x0, x1], torch.tensor([0, 1]))], 2, progress=False)
     assert [m.top1 for m in report.members] == [100.0, 0.0]
 
 
@@ -108,7 +109,7 @@ def test_per_class_accuracy_confusion_and_topk() -> None:
     # Predictions 0, 0, 2, 2 for labels 0, 1, 2, 2; class 3 has no images.
     m = FixedLogits([[5, 1, 0, 0], [5, 4, 0, 0], [0, 0, 5, 0], [0, 0, 5, 1]])
     labels = torch.tensor([0, 1, 2, 2])
-    r = evaluate([m], [(index_batch(4), labels)], 4, progress=False).members[0]
+    r = run_metrics([m], [(index_batch(4), labels)], 4, progress=False).members[0]
     assert r.top1 == 75.0 and r.top1_error == 25.0
     assert r.topk == 4 and r.top5 == 100.0  # fewer than 5 classes: top-k over all of them
     assert r.per_class[:3] == [100.0, 0.0, 100.0] and math.isnan(r.per_class[3])
@@ -121,7 +122,7 @@ def test_per_class_accuracy_confusion_and_topk() -> None:
 
 def test_top5_counts_the_fifth_best_class() -> None:
     m = FixedLogits([[6, 5, 4, 3, 2, 1, 0], [6, 5, 4, 3, 2, 1, 0]])
-    r = evaluate([m], [(index_batch(2), torch.tensor([4, 5]))], 7, progress=False).members[0]
+    r = run_metrics([m], [(index_batch(2), torch.tensor([4, 5]))], 7, progress=False).members[0]
     assert (r.top1, r.top5, r.topk) == (0.0, 50.0, 5)
 
 
@@ -129,8 +130,8 @@ def test_batches_accumulate_like_one_batch() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
     x, y = torch.randn(10, 3, 2, 2), torch.randint(0, 5, (10,))
-    one = evaluate([model], [(x, y)], 5, progress=False).members[0]
-    split = evaluate([model], [(x[:3], y[:3]), (x[3:], y[3:])], 5, progress=False).members[0]
+    one = run_metrics([model], [(x, y)], 5, progress=False).members[0]
+    split = run_metrics([model], [(x[:3], y[:3]), (x[3:], y[3:])], 5, progress=False).members[0]
     assert (one.top1, one.top5) == (split.top1, split.top5)
     assert one.loss == pytest.approx(split.loss, rel=1e-6)
     assert torch.equal(one.confusion, split.confusion)
@@ -151,8 +152,8 @@ def test_bf16_is_close_to_fp32() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
     x, y = torch.randn(16, 3, 6, 6), torch.randint(0, 5, (16,))
-    fp32 = evaluate([model], [(x, y)], 5, progress=False, keep_probs=True).members[0]
-    bf16 = evaluate([model], [(x, y)], 5, progress=False, keep_probs=True, precision="bf16")
+    fp32 = run_metrics([model], [(x, y)], 5, progress=False, keep_probs=True).members[0]
+    bf16 = run_metrics([model], [(x, y)], 5, progress=False, keep_probs=True, precision="bf16")
     assert bf16.members[0].probs.dtype == torch.float32
     torch.testing.assert_close(bf16.members[0].probs, fp32.probs, rtol=0, atol=3e-2)
 
@@ -160,8 +161,10 @@ def test_bf16_is_close_to_fp32() -> None:
 def test_user_errors_are_clear() -> None:
     m = FixedLogits([[1.0, 0.0]])
     with pytest.raises(ValueError, match="outside the model's 2 classes"):
-        evaluate([m], [(index_batch(1), torch.tensor([2]))], 2, progress=False)
-    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
-        evaluate([m], [], 2, precision="fp16")
+        run_metrics([m], [(index_batch(1), torch.tensor([2]))], 2, progress=False)
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
+        run_metrics([m], [], 2, precision="fp8")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        run_metrics([m], [], 2, precision="fp16")
     with pytest.raises(ValueError, match="empty"):
-        evaluate([m], [], 2, progress=False)
+        run_metrics([m], [], 2, progress=False)

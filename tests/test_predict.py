@@ -10,35 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import DIGITS_PRE, TINY
+from helpers import tiny_checkpoint
 from resnext import Classifier, create_model
-from resnext.api import Preprocess
 from resnext.cli import main
 from resnext.config import from_dict
-from resnext.data import DIGITS_CLASSES, build_splits
-from resnext.engine.checkpoint import save_checkpoint
+from resnext.data import DIGITS_CLASSES, Preprocess, build_splits
 
 LINE = re.compile(r"^  (.+)  \((\d+\.\d\d)%\)$")
-
-
-def tiny_checkpoint(path: Path, num_classes: int = 10, classes: list[str] | None = None) -> Path:
-    """A checkpoint with the keys ``resnext train`` writes (see engine/checkpoint.py)."""
-    model = create_model("resnext29_2x4d", num_classes=num_classes, **TINY)
-    save_checkpoint(
-        path,
-        {
-            "arch": model.arch.to_dict(),
-            "model": model.state_dict(),
-            "ema": None,
-            "epoch": 1,
-            "step": 1,
-            "config": from_dict({}).to_dict(),
-            "classes": classes,
-            "preprocess": DIGITS_PRE,
-            "metrics": {},
-        },
-    )
-    return path
 
 
 @pytest.fixture(scope="module")

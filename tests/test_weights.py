@@ -10,11 +10,13 @@ import torch
 
 from resnext.models import create_model
 from resnext.weights import (
+    STATE_DICT_PREFIXES,
     WeightsError,
     extract_state_dict,
     load_checked,
     read_file,
     save_safetensors,
+    strip_prefixes,
 )
 
 
@@ -111,3 +113,32 @@ def test_not_a_state_dict(tmp_path: Path) -> None:
         read_file(tmp_path / "list.pth")
     with pytest.raises(WeightsError, match="no tensors found"):
         extract_state_dict({"epoch": 3})
+
+
+def test_compiled_and_stacked_wrapper_checkpoints_load(tmp_path: Path) -> None:
+    """Real wrapper state dicts: torch.compile (``_orig_mod.``), DDP-then-compile and
+    compile-then-DDP stacks, Lightning's ``model.``; each loads to the same weights."""
+    model = tiny()
+    compiled = torch.compile(model)  # lazy: state_dict() does not compile anything
+    assert next(iter(compiled.state_dict())).startswith("_orig_mod.")
+    plain = model.state_dict()
+    variants = {
+        "compile": {"model": compiled.state_dict()},
+        "ddp+compile": {f"_orig_mod.module.{k}": v for k, v in plain.items()},
+        "compile+ddp": {f"module._orig_mod.{k}": v for k, v in plain.items()},
+        "lightning": {"state_dict": {f"model.{k}": v for k, v in plain.items()}},
+    }
+    for name, payload in variants.items():
+        torch.save(payload, tmp_path / f"{name}.pth")
+        other = tiny(num_classes=10)
+        load_checked(other, extract_state_dict(read_file(tmp_path / f"{name}.pth")))
+        for k, v in plain.items():
+            assert torch.equal(v, other.state_dict()[k]), (name, k)
+
+
+def test_a_prefix_only_some_keys_carry_is_kept() -> None:
+    """Only a prefix that every key shares is a wrapper's; a partial one stays, and the
+    checked load then names the keys instead of guessing."""
+    state = {"module.conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)}
+    assert set(strip_prefixes(state)) == set(state)
+    assert set(STATE_DICT_PREFIXES) >= {"module.", "_orig_mod.", "model."}

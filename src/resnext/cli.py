@@ -1,7 +1,9 @@
 """The ``resnext`` command: one sub-command per job.
 
 Each sub-command lives in its own module under :mod:`resnext.commands` and exposes
-``add_parser(subparsers)``, which registers it with a ``run(args) -> int`` handler.
+``add_parser(subparsers)``, which registers it with a ``run(args) -> int`` handler. Errors a
+user can cause (:class:`~resnext.errors.ResnextError`) print one line; others are bugs and
+keep their traceback.
 """
 
 from __future__ import annotations
@@ -10,15 +12,9 @@ import argparse
 import importlib
 import sys
 
-from .config import ConfigError
-from .data import DataError
-from .weights import WeightsError
+from .errors import ResnextError
 
 COMMANDS = ("models", "complexity", "train", "eval", "predict")
-
-
-class UserError(Exception):
-    """An error in what the user asked for; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (UserError, ConfigError, WeightsError, DataError, FileNotFoundError) as e:
+    except ResnextError as e:  # anything else is a bug and keeps its traceback
         print(f"resnext {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"resnext {args.command}: interrupted", file=sys.stderr)
         return 130

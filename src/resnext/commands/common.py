@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..runtime import PRECISIONS
+
 
 class IntermixedParser(argparse.ArgumentParser):
     """Accepts positionals after options (``eval a.pt --ten-crop b.pt data.root=x``), which
@@ -35,6 +37,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     ema.add_argument(
         "--no-ema", dest="ema", action="store_false", help="use the trained (non-EMA) weights"
     )
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast dtype")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="forward pass in fp32, or bf16/fp16 autocast (fp16: CUDA only)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import UserError
+from ..errors import ConfigError
 from ..models import create_model, default_input_size, measure
+from ..table import format_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
         size = args.input_size or default_input_size(args.name)
         c = measure(model, size)
     except ValueError as e:
-        raise UserError(str(e)) from e
+        raise ConfigError(str(e)) from e
     print(f"{args.name} at {size}x{size} (block form {args.block_form})")
-    print(c.table())
+    print(format_table(c.rows(), left=2, rule_before_last=True))
     print(f"params: {c.params / 1e6:.2f}M ({c.params:,})")
     print(f"FLOPs (multiply-adds): {c.flops / 1e9:.2f} G")
     print(f"activations: {c.activations / 1e6:.2f} M")

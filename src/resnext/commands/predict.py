@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..api import Classifier, ImageError, load_image
-from ..cli import UserError
-from ..data.images import is_image_file
+from ..data.images import BadImageError, is_image_file, load_image
+from ..errors import ConfigError
+from ..inference import Classifier
 from .common import IntermixedParser, add_model_options
 
 
@@ -70,13 +70,13 @@ def load_classifier(args: argparse.Namespace) -> tuple[Classifier, list[str]]:
     """The classifier and the image arguments left over."""
     if args.weights or args.model:
         if not (args.weights and args.model):
-            raise UserError("--model and --weights go together: a registry name and a state dict")
+            raise ConfigError("--model and --weights go together: a registry name and a state dict")
         clf = Classifier.from_weights(
             args.model, args.weights, device=args.device, precision=args.precision
         )
         return clf, list(args.inputs)
     if len(args.inputs) < 2:
-        raise UserError(
+        raise ConfigError(
             "give a checkpoint and at least one image or folder: "
             "resnext predict CHECKPOINT IMAGE_OR_FOLDER [...]"
         )
@@ -88,9 +88,9 @@ def load_classifier(args: argparse.Namespace) -> tuple[Classifier, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
-        raise UserError(f"--topk must be at least 1, got {args.topk}")
+        raise ConfigError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     clf, inputs = load_classifier(args)
     files, errors = collect(inputs)
     for item, why in errors:
@@ -109,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 tensors.append(clf.to_tensor(load_image(f)))
                 names.append(str(f))
-            except ImageError as e:
-                # The loader's hint about data.on_bad_file is for datasets, not for predict.
-                why = str(e).split("; repair or remove")[0]
+            except BadImageError as e:
+                # e.reason, not the message: its hint about data.on_bad_file is for datasets.
+                why = f"cannot read image {str(f)!r}: {e.reason}"
                 errors.append((str(f), why))
                 tqdm.write(f"resnext predict: {why}; skipped", file=sys.stderr)
         if tensors:

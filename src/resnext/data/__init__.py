@@ -1,9 +1,11 @@
 """Datasets, the paper's transforms, and seeded loaders."""
 
-from .base import DataError, SeededSampler, Splits, TensorImages, TransformedDataset
+from ..errors import DataError
+from .base import SeededSampler, Splits, TensorImages, TransformedDataset
 from .build import READERS, build_raw_splits, build_splits, make_loader
 from .digits import DIGITS_CLASSES, load_digits_images
 from .images import BadFileReport, BadImageError, ImageFiles, bad_file_report, load_image
+from .preprocess import Preprocess, TenCropTransform
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, Lighting, eval_transform, train_transform
 
 __all__ = [
@@ -16,8 +18,10 @@ __all__ = [
     "DataError",
     "ImageFiles",
     "Lighting",
+    "Preprocess",
     "SeededSampler",
     "Splits",
+    "TenCropTransform",
     "TensorImages",
     "TransformedDataset",
     "bad_file_report",

@@ -17,10 +17,6 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 
-class DataError(ValueError):
-    """A dataset that cannot be read as configured; the message says what was expected."""
-
-
 @dataclass
 class Splits:
     """The splits of one dataset, with what evaluation and prediction need to know."""
@@ -32,6 +28,7 @@ class Splits:
     mean: tuple[float, ...]  # per-channel normalisation, in [0, 1] units
     std: tuple[float, ...]
     info: dict[str, Any] = field(default_factory=dict)  # e.g. where val came from
+    preprocess: Any = None  # the Preprocess record of val/test (set by build_splits)
 
     @property
     def num_classes(self) -> int:
@@ -47,7 +44,9 @@ class SeededSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, sample_seed)``; the order is a permutation seeded by (seed, epoch).
 
     ``start`` skips the first samples of the epoch (resume in the middle of an epoch)
-    without touching any random state.
+    without touching any random state. Under DDP each rank takes every ``world_size``-th
+    sample; ``pad`` repeats a few so that every rank takes the same number of steps
+    (training), ``pad=False`` gives each sample to exactly one rank (exact evaluation).
     """
 
     def __init__(
@@ -59,9 +58,10 @@ class SeededSampler(Sampler[tuple[int, int]]):
         start: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        pad: bool = True,
     ) -> None:
         self.n, self.shuffle, self.seed, self.epoch, self.start = n, shuffle, seed, epoch, start
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pad = rank, world_size, pad
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Serve epoch ``epoch`` from sample ``start`` on the next iteration (loader reuse)."""
@@ -73,10 +73,12 @@ class SeededSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        if self.world_size > 1:
+        if self.world_size > 1 and self.pad:
             # Pad to a multiple of the world size so every rank takes the same steps.
             total = -(-len(order) // self.world_size) * self.world_size
             order = (order + order[: total - len(order)])[self.rank : total : self.world_size]
+        elif self.world_size > 1:
+            order = order[self.rank :: self.world_size]
         return order
 
     def __iter__(self) -> Iterator[tuple[int, int]]:

@@ -9,12 +9,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import DataConfig
+from ..errors import DataError
 from .base import SeededSampler, Splits, TransformedDataset, one_thread
 from .cifar import cifar_splits
 from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, digits_splits
 from .folder import imagefolder_splits, imagelist_splits
 from .mnist import mnist_splits
-from .transforms import eval_transform, train_transform
+from .preprocess import Preprocess
+from .transforms import train_transform
 
 
 def _digits(cfg: DataConfig) -> Splits:
@@ -59,27 +61,34 @@ READERS: dict[str, Callable[[DataConfig], Splits]] = {
 def build_raw_splits(cfg: DataConfig) -> Splits:
     """The dataset's splits before any transform (readers only)."""
     if cfg.name not in READERS:
-        raise ValueError(
+        raise DataError(
             f"data.name={cfg.name!r} has no reader; available: {', '.join(sorted(READERS))}"
         )
-    return READERS[cfg.name](cfg)
+    try:
+        return READERS[cfg.name](cfg)
+    except FileNotFoundError as e:  # a path the reader did not check itself
+        raise DataError(
+            f"data.root={cfg.root!r}: {e}; point it at the {cfg.name} dataset on disk "
+            "(see configs/ for each recipe's expected layout)"
+        ) from e
+    except OSError as e:  # unreadable folder or file the reader did not name itself
+        raise DataError(f"cannot read the {cfg.name} dataset at {cfg.root}: {e}") from e
 
 
 def build_splits(cfg: DataConfig) -> Splits:
     """Read the dataset and attach the train transform to train, eval transform to the rest."""
     raw = build_raw_splits(cfg)
-    mean = tuple(cfg.mean) if cfg.mean is not None else raw.mean
-    std = tuple(cfg.std) if cfg.std is not None else raw.std
+    pre = Preprocess.from_config(cfg, raw.mean, raw.std)
     train_tf = train_transform(
         cfg.augment,
         cfg.image_size,
-        mean,
-        std,
+        pre.mean,
+        pre.std,
         cfg.interpolation,
         cfg.color_jitter,
         cfg.pca_lighting,
     )
-    eval_tf = eval_transform(cfg.image_size, mean, std, cfg.eval_resize, cfg.interpolation)
+    eval_tf = pre.transform()
 
     def wrap(ds: Dataset | None, tf) -> Dataset | None:
         return None if ds is None else TransformedDataset(ds, tf)
@@ -89,9 +98,10 @@ def build_splits(cfg: DataConfig) -> Splits:
         val=wrap(raw.val, eval_tf),
         test=wrap(raw.test, eval_tf),
         classes=raw.classes,
-        mean=mean,
-        std=std,
-        info={**raw.info, "eval_transform": eval_tf},
+        mean=pre.mean,
+        std=pre.std,
+        info=dict(raw.info),
+        preprocess=pre,
     )
 
 
@@ -114,16 +124,18 @@ def make_loader(
     persistent_workers: bool | None = None,
     rank: int = 0,
     world_size: int = 1,
+    pad: bool = True,
 ) -> DataLoader:
     """A DataLoader whose order and augmentation depend only on (seed, epoch, index).
 
     ``start`` skips the first ``start`` samples of the epoch's order (mid-epoch resume).
+    ``pad=False`` shards without repeating samples (evaluation under DDP).
     ``pin_memory`` defaults to whether CUDA is available; ``persistent_workers`` to
     ``num_workers > 0``. Workers can persist because the sampler hands them
     ``(index, sample_seed)`` pairs: to reuse one loader (and its workers) for the next
     epoch, call ``loader.sampler.set_epoch(epoch)`` before iterating it again.
     """
-    sampler = SeededSampler(len(dataset), shuffle, seed, epoch, start, rank, world_size)  # type: ignore[arg-type]
+    sampler = SeededSampler(len(dataset), shuffle, seed, epoch, start, rank, world_size, pad)  # type: ignore[arg-type]
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if persistent_workers is None:

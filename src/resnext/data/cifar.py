@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import DataError, Splits, TensorImages
+from ..errors import DataError
+from .base import Splits, TensorImages
 from .splitting import carve_val
 
 # Per-channel mean/std of the 50,000 training images, in [0, 1] units, as commonly
@@ -122,7 +123,7 @@ class _Source:
             raise DataError(f"data.root is not set; {expected}")
         path = Path(root).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"data.root={root!r} does not exist; {expected}")
+            raise DataError(f"data.root={root!r} does not exist; {expected}")
         self.blobs: dict[str, bytes] | None = None  # member name -> bytes, for an archive
         if path.is_file():
             self._read_tar(path, expected)

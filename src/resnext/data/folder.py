@@ -24,7 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import DataConfig
-from .base import DataError, Splits
+from ..errors import DataError
+from .base import Splits
 from .digits import stratified_split
 from .images import ImageFiles, is_image_file, list_images
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -77,7 +78,7 @@ def _read_label_file(
 ) -> list[tuple[str, int]]:
     """A flat image folder with a ``filename label`` file (ImageNet's val as often shipped)."""
     if not label_file.is_file():
-        raise FileNotFoundError(
+        raise DataError(
             f"{what} label file {str(label_file)!r} does not exist; it must list "
             '"filename label" per line (label a class name or an int index)'
         )
@@ -116,7 +117,7 @@ def _read_split_dir(
     key = f"data.{what}_dir"
     if not folder.is_dir():
         hint = " or data.val_dir=null to carve val from train" if what == "val" else ""
-        raise FileNotFoundError(f"{key}: folder {str(folder)!r} does not exist; set {key}{hint}")
+        raise DataError(f"{key}: folder {str(folder)!r} does not exist; set {key}{hint}")
     if labels is not None:
         return _read_label_file(folder, _resolve(root, labels), classes, what)
     if not _folder_classes(folder):
@@ -147,10 +148,10 @@ def imagefolder_splits(cfg: DataConfig) -> Splits:
         )
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root={cfg.root!r} is not a folder")
+        raise DataError(f"data.root={cfg.root!r} is not a folder")
     train_dir = _resolve(root, cfg.train_dir)
     if not train_dir.is_dir():
-        raise FileNotFoundError(
+        raise DataError(
             f"train folder {str(train_dir)!r} does not exist; expected "
             f"{cfg.root}/{cfg.train_dir}/<class>/<image> (set data.train_dir)"
         )
@@ -181,7 +182,7 @@ def imagefolder_splits(cfg: DataConfig) -> Splits:
 def _read_list(list_path: Path, root: Path | None) -> list[tuple[str, str]]:
     """``(image path, label text)`` rows of a ``path,label`` file, paths resolved."""
     if not list_path.is_file():
-        raise FileNotFoundError(
+        raise DataError(
             f"list file {str(list_path)!r} does not exist; it must hold 'path,label' lines"
         )
     rows: list[tuple[str, str]] = []

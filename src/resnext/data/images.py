@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from .base import DataError
+from ..errors import DataError
 
 log = logging.getLogger("resnext.data")
 

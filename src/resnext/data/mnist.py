@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .base import DataError, Splits, TensorImages
+from ..errors import DataError
+from .base import Splits, TensorImages
 from .splitting import carve_val
 
 MNIST_CLASSES = [str(i) for i in range(10)]

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..table import format_table
-
 
 @dataclass
 class StageCost:
@@ -49,8 +47,8 @@ class Complexity:
     def activations(self) -> int:
         return sum(s.activations for s in self.stages)
 
-    def table(self) -> str:
-        """A plain-text table, one row a stage and a total row."""
+    def rows(self) -> list[tuple[str, ...]]:
+        """A header, one row a stage and a total row, as strings (the command prints them)."""
         rows = [("stage", "output", "params", "FLOPs (MACs)", "activations")]
         for s in self.stages:
             rows.append(
@@ -71,7 +69,7 @@ class Complexity:
                 f"{self.activations / 1e6:.3f} M",
             )
         )
-        return format_table(rows, left=2, rule_before_last=True)
+        return rows
 
 
 def _stage_of(qualified_name: str, stage_names: list[str]) -> str:

@@ -12,9 +12,14 @@ reads it) with these keys:
 ``rng``         torch / numpy / python (/ cuda) RNG states
 ``config``      the resolved run config (``Config.to_dict()``)
 ``classes``     class names, in label order
-``preprocess``  what evaluation and prediction must apply: image_size, eval_resize,
-                interpolation, mean, std
-``metrics``     e.g. the best validation accuracy so far and its epoch
+``preprocess``  what evaluation and prediction must apply (the record of
+                :class:`~resnext.data.Preprocess`: image_size, eval_resize, interpolation,
+                mean, std)
+``metrics``     e.g. the best validation accuracy so far and its epoch, and ``selected``
+                ("ema" or "model"): the weights the run selected and tested
+
+Only ``arch``, ``model``, ``classes`` and ``preprocess`` are needed to rebuild the model;
+the training state (optimizer to rng) is None in a checkpoint made for inference only.
 """
 
 from __future__ import annotations
@@ -27,12 +32,47 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from torch import nn
 
+from ..errors import WeightsError
 from ..models import ResNeXt
-from ..weights import WeightsError, extract_state_dict, load_checked, read_file
+from .files import extract_state_dict, load_checked, read_file
 
-FORMAT = "resnext-checkpoint"
+CHECKPOINT_FORMAT = "resnext-checkpoint"
 VERSION = 1
+_TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "epoch_step", "step", "rng")
+
+
+def make_checkpoint(
+    model: nn.Module,
+    *,
+    classes: list[str],
+    preprocess: dict[str, Any],
+    config: dict[str, Any] | None = None,
+    ema: dict[str, torch.Tensor] | None = None,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint payload: what ``resnext train`` writes, and what a test or a converter
+    writes for a model it built. ``training`` holds the keys that resume needs (optimizer,
+    scheduler, scaler, epoch, epoch_step, step, rng); unknown ones are an error."""
+    arch = getattr(model, "arch", None)
+    training = dict(training or {})
+    unknown = sorted(set(training) - set(_TRAINING_KEYS))
+    if unknown:
+        raise ValueError(f"unknown training-state keys {unknown}; expected {_TRAINING_KEYS}")
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": VERSION,
+        "arch": arch.to_dict() if arch is not None else None,
+        "model": model.state_dict(),
+        "ema": ema,
+        **{k: training.get(k) for k in _TRAINING_KEYS},
+        "config": config,
+        "classes": list(classes),
+        "preprocess": dict(preprocess),
+        "metrics": dict(metrics or {}),
+    }
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -40,8 +80,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     ``os.replace``, so a crash mid-write never leaves a truncated checkpoint behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **payload}
-    _atomic_write(path, lambda f: torch.save(payload, f))
+    payload = {"format": CHECKPOINT_FORMAT, "version": VERSION, **payload}
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
@@ -52,10 +92,10 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
         with open(src, "rb") as g:
             shutil.copyfileobj(g, f, length=16 << 20)
 
-    _atomic_write(dst, write)
+    atomic_write(dst, write)
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through a temporary file in the same folder, fsync, then ``os.replace``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -72,7 +112,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read one of our checkpoints (CPU tensors); a clear :class:`WeightsError` otherwise."""
     obj = read_file(path)
-    if obj.get("format") != FORMAT:
+    if obj.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(
             f"{str(path)!r} is not a resnext training checkpoint (no 'format' marker); "
             "for a plain state dict (torchvision, timm, ...) give it as weights with a model name"
@@ -85,10 +125,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def selected_ema(ckpt: dict[str, Any]) -> bool:
+    """Whether the training run selected (and tested) the EMA weights of this checkpoint."""
+    metrics = ckpt.get("metrics") or {}
+    return metrics.get("selected") == "ema" and ckpt.get("ema") is not None
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = False) -> ResNeXt:
     """Rebuild the model a checkpoint describes and load its (or its EMA's) weights."""
-    arch = dict(ckpt["arch"])
-    model = ResNeXt(**arch)
+    if not isinstance(ckpt.get("arch"), dict):
+        raise WeightsError(
+            "the checkpoint has no architecture record ('arch'), so the model cannot be rebuilt"
+        )
+    try:
+        model = ResNeXt(**ckpt["arch"])
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"the checkpoint's architecture record is not usable: {e}") from e
     if use_ema:
         if ckpt.get("ema") is None:
             raise WeightsError(

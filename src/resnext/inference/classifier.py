@@ -1,7 +1,8 @@
-"""The Python API: ``resnext.Classifier`` turns a checkpoint or weights file into predictions.
+"""``resnext.Classifier``: a checkpoint or weights file turned into predictions.
 
-``resnext predict`` and ``resnext eval`` use the same :class:`Preprocess` and image loading,
-so a picture gets exactly the preprocessing the model was evaluated with.
+``resnext predict``, ``resnext eval`` and this class use the same
+:class:`~resnext.data.Preprocess` record and image loading, so a picture gets exactly the
+preprocessing the model was evaluated with.
 
 Example::
 
@@ -11,180 +12,33 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from functools import cache
-from importlib import resources
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.transforms import v2
 
-from .data.images import BadImageError, load_image
-from .data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INTERPOLATIONS,
-    ToRGBImage,
-    eval_transform,
+from ..data.images import BadImageError, load_image
+from ..data.preprocess import Preprocess
+from ..errors import WeightsError
+from ..models import ResNeXt, create_model, default_input_size, parse_name
+from ..runtime import autocast, check_precision, resolve_device
+from ..weights import (
+    extract_state_dict,
+    load_checked,
+    load_checkpoint,
+    model_from_checkpoint,
+    read_file,
+    selected_ema,
 )
-from .engine.checkpoint import load_checkpoint, model_from_checkpoint
-from .engine.distributed import resolve_device as engine_resolve_device
-from .models import ResNeXt, create_model, default_input_size, parse_name
-from .weights import WeightsError, extract_state_dict, load_checked, read_file
+from .classes import default_class_names
 
 ImageInput = str | Path | Image.Image | torch.Tensor
 
 # An image file that cannot be read or is not an image; the message names the file.
 ImageError = BadImageError
-
-
-def imagenet_classes() -> list[str]:
-    """The 1,000 ImageNet-1k class names (WordNet synset lemmas), in class-index order.
-
-    Index 0 is "tench, Tinca tinca", 999 "toilet tissue, toilet paper, bathroom tissue".
-    The list was taken from timm's ``imagenet_synsets.txt`` + ``imagenet_synset_to_lemma.txt``
-    (synsets sorted: the standard ILSVRC-2012 label order) and checked against torchvision's
-    short category names: the first lemma equals them at 998 indices; at the other two
-    torchvision disambiguates ("crane bird" at 134, the machine "crane" being 517;
-    "maillot tank suit" at 639).
-    """
-    return list(_imagenet_classes())
-
-
-@cache
-def _imagenet_classes() -> tuple[str, ...]:
-    text = resources.files("resnext").joinpath("imagenet_classes.txt").read_text("utf-8")
-    names = tuple(line.strip() for line in text.splitlines() if line.strip())
-    if len(names) != 1000:
-        raise RuntimeError(f"imagenet_classes.txt holds {len(names)} names, not 1000")
-    return names
-
-
-def default_class_names(num_classes: int) -> list[str]:
-    """Names for a model that stores none: ImageNet-1k's for 1,000 classes, else the indices."""
-    if num_classes == 1000:
-        return imagenet_classes()
-    return [str(i) for i in range(num_classes)]
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """The evaluation preprocessing a checkpoint stores: resize, centre crop, normalise."""
-
-    image_size: int  # crop side fed to the network
-    eval_resize: int | None = None  # shorter side before the crop; None = resize to the crop
-    interpolation: str = "bilinear"  # resize filter, the one used in training
-    mean: tuple[float, ...] = IMAGENET_MEAN  # per-channel normalisation, [0, 1] units
-    std: tuple[float, ...] = IMAGENET_STD
-
-    def __post_init__(self) -> None:
-        if self.image_size < 1:
-            raise ValueError(f"image_size must be at least 1, got {self.image_size}")
-        if self.eval_resize is not None and self.eval_resize < self.image_size:
-            raise ValueError(
-                f"resize {self.eval_resize} is smaller than the crop {self.image_size}; "
-                "the shorter side must be at least the crop side"
-            )
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                f"got {self.interpolation!r}"
-            )
-        if len(self.mean) != len(self.std):
-            raise ValueError(f"mean {self.mean} and std {self.std} differ in length")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Preprocess:
-        """Read a checkpoint's ``preprocess`` entry (unknown keys are an error)."""
-        known = {"image_size", "eval_resize", "interpolation", "mean", "std"}
-        extra = sorted(set(d) - known)
-        if extra:
-            raise WeightsError(f"unknown preprocess keys {extra}; expected {sorted(known)}")
-        if "image_size" not in d:
-            raise WeightsError("the checkpoint's preprocess entry has no image_size")
-        kw = dict(d)
-        for k in ("mean", "std"):
-            if kw.get(k) is not None:
-                kw[k] = tuple(float(v) for v in kw[k])
-            else:
-                kw.pop(k, None)
-        if kw.get("interpolation") is None:
-            kw.pop("interpolation", None)
-        try:
-            return cls(**kw)
-        except (ValueError, TypeError) as e:
-            raise WeightsError(f"preprocess entry {dict(d)}: {e}") from e
-
-    @classmethod
-    def for_model(cls, name: str) -> Preprocess:
-        """The usual preprocessing of a registry model's family (ImageNet: 256 -> 224)."""
-        size = default_input_size(name)
-        if size == 224:
-            return cls(image_size=224, eval_resize=256)
-        return cls(image_size=size)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    def with_crop(self, crop: int | None = None, resize: int | None = None) -> Preprocess:
-        """Another test crop: ``crop`` alone keeps this resize/crop ratio (320 -> resize 366
-        for the ImageNet 256/224 ratio, the paper's larger-crop test); ``resize`` alone keeps
-        the crop."""
-        size = crop or self.image_size
-        if resize is None and crop is not None and self.eval_resize is not None:
-            resize = round(crop * self.eval_resize / self.image_size)
-        elif resize is None and crop is None:
-            resize = self.eval_resize
-        return replace(self, image_size=size, eval_resize=resize)
-
-    def transform(self, ten_crop: bool = False) -> Callable[[Any], torch.Tensor]:
-        """PIL image or uint8/float CHW tensor -> normalised float ``(C, S, S)``.
-
-        With ``ten_crop``: ``(10, C, S, S)``, the four corner crops and the centre crop of
-        the resized image and the same five of its mirror image (paper Sec. 4, 10-crop test).
-        The centre crop is exactly the single-crop input.
-        """
-        if not ten_crop:
-            return eval_transform(
-                self.image_size, self.mean, self.std, self.eval_resize, self.interpolation
-            )
-        return TenCropTransform(self)
-
-
-class TenCropTransform:
-    """Resize like :func:`~resnext.data.transforms.eval_transform`, then torchvision's
-    ``TenCrop``; each crop normalised, stacked into ``(10, C, S, S)``."""
-
-    def __init__(self, pre: Preprocess) -> None:
-        interp = INTERPOLATIONS[pre.interpolation]
-        s = pre.image_size
-        # Shorter side to the resize (default: the crop), as eval_transform does.
-        resize = v2.Resize(pre.eval_resize or s, interp, antialias=True)
-        self.crops = v2.Compose([ToRGBImage(), resize, v2.TenCrop(s)])
-        self.finish = v2.Compose(
-            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
-        )
-
-    def __call__(self, image: Any) -> torch.Tensor:
-        return torch.stack([self.finish(c).as_subclass(torch.Tensor) for c in self.crops(image)])
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA if available, else CPU; the trainer's rule and checks."""
-    return engine_resolve_device(device, what="device")
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    """bf16 autocast (or a no-op for fp32) on the model's device."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class Classifier:
@@ -203,6 +57,7 @@ class Classifier:
         precision: str = "fp32",
     ) -> None:
         self.device = resolve_device(device)
+        check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
         self.preprocess = preprocess
@@ -242,7 +97,7 @@ class Classifier:
     ) -> Classifier:
         """As :meth:`from_checkpoint`, for a checkpoint already read with ``load_checkpoint``."""
         if use_ema is None:
-            use_ema = selected_ema(ckpt)
+            use_ema = selected_ema(dict(ckpt))
         model = model_from_checkpoint(dict(ckpt), use_ema=use_ema)
         num_classes = model.arch.num_classes
         classes = ckpt.get("classes") or default_class_names(num_classes)
@@ -346,12 +201,6 @@ class Classifier:
         ]
 
 
-def selected_ema(ckpt: Mapping[str, Any]) -> bool:
-    """Whether the training run selected (and tested) the EMA weights of this checkpoint."""
-    metrics = ckpt.get("metrics") or {}
-    return metrics.get("selected") == "ema" and ckpt.get("ema") is not None
-
-
 def model_from_weights(
     name: str,
     weights_path: str | Path,
@@ -380,7 +229,7 @@ def model_from_weights(
         raise WeightsError(
             f"{len(classes)} class names given but {str(weights_path)!r} has {num_classes} outputs"
         )
-    base = Preprocess.for_model(name)
+    base = Preprocess.for_input_size(default_input_size(name))
     if preprocess is None:
         pre = base
     elif isinstance(preprocess, Preprocess):

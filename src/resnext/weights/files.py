@@ -1,0 +1,150 @@
+"""Reading weight files safely and loading them with every key and shape checked.
+
+Files a user hands us are never fully unpickled: ``.pt``/``.pth`` go through
+``torch.load(weights_only=True)`` and ``.safetensors`` through safetensors.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+
+#: Entries of a checkpoint dict that hold the model's state dict, tried in this order.
+WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
+
+#: Key prefixes that wrappers add to every parameter name, and who adds them. A prefix is
+#: stripped when *every* key carries it; stripping repeats, so stacked wrappers (a compiled
+#: DDP model: ``_orig_mod.module.``) unwrap too.
+STATE_DICT_PREFIXES: dict[str, str] = {
+    "module.": "DistributedDataParallel / DataParallel, and timm's ModelEmaV2",
+    "_orig_mod.": "torch.compile (the OptimizedModule wrapper)",
+    "model.": "PyTorch Lightning (a LightningModule holding the network as self.model)",
+}
+
+
+def read_file(path: str | Path) -> dict:
+    """Load a ``.pt``/``.pth``/``.safetensors`` file into a dict, safely."""
+    p = Path(path)
+    if not p.exists():
+        raise WeightsError(f"weights file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise WeightsError(f"{str(p)!r} is a folder; give the path of a .pth or .safetensors file")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(p), device="cpu"))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"{str(p)!r} is not a readable safetensors file: {e}") from e
+    with open(p, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK\x03\x04); old files are a pickle (protocol byte 0x80).
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise WeightsError(
+            f"{str(p)!r} is not a PyTorch (.pt/.pth) or .safetensors weights file; give a "
+            "checkpoint written by `resnext train` or a saved state dict"
+        )
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" (it holds {found[1]})" if found else ""
+        raise WeightsError(
+            f"{str(p)!r} holds objects other than tensors and plain containers{what}, so it was "
+            "not loaded: files are read with weights_only=True, which refuses arbitrary "
+            "pickles. Re-save it as a state dict or .safetensors from code you trust."
+        ) from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise WeightsError(
+            f"{str(p)!r} is not a readable PyTorch file (truncated or corrupt?): {e}"
+        ) from e
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{str(p)!r} holds a {type(obj).__name__}, not a state dict")
+    return dict(obj)
+
+
+def extract_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
+    """The model weights inside a checkpoint or a plain state dict.
+
+    Understands our checkpoints (``model``, or ``ema`` where asked for by the caller), the
+    common wrappers (:data:`WRAPPER_KEYS`) and the wrappers' key prefixes
+    (:data:`STATE_DICT_PREFIXES`).
+    """
+    for key in WRAPPER_KEYS:
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise WeightsError("no tensors found: this file is not a state dict or checkpoint")
+    return strip_prefixes(state)
+
+
+def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove every :data:`STATE_DICT_PREFIXES` prefix that all keys share, repeatedly."""
+    state = dict(state)
+    stripped = True
+    while stripped and state:
+        stripped = False
+        for prefix in STATE_DICT_PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped = True
+    return state
+
+
+def load_checked(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, skip_classifier: bool = False
+) -> None:
+    """Copy ``state`` into ``model`` after checking every key and every shape.
+
+    Unlike ``load_state_dict(strict=False)``, nothing is dropped silently: missing or
+    unexpected keys and shape mismatches raise :class:`WeightsError` listing them.
+    ``skip_classifier`` leaves ``fc`` as initialised (fine-tuning to new classes).
+    """
+    own = model.state_dict()
+    state = dict(state)
+    if skip_classifier:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        own_keys = {k for k in own if not k.startswith("fc.")}
+    else:
+        own_keys = set(own)
+    missing = sorted(own_keys - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(own_keys & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:3])})")
+    if problems:
+        hint = ""
+        if shapes and all(s.startswith("fc.") for s in shapes):
+            hint = " Only the classifier differs: to fine-tune on new classes, skip the classifier."
+        raise WeightsError(
+            "the weights do not fit this model: " + "; ".join(problems) + ". Check that the model "
+            "name (depth, cardinality, width) and num_classes match the file." + hint
+        )
+    model.load_state_dict(state, strict=not skip_classifier)
+
+
+def save_safetensors(model: nn.Module, path: str | Path) -> None:
+    """Write the model's weights as safetensors (loadable by any ecosystem)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
