@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import resnext as resnext_api
 from resnext.data.digits import digits_splits
 
 pytestmark = pytest.mark.slow
@@ -44,6 +45,7 @@ def test_demo_reaches_98_percent_test_accuracy(demo_run: Path) -> None:
     assert test["test_top1"] >= 98.0
     for name in ("config.yaml", "last.pt", "best.pt", "curves.png"):
         assert (demo_run / name).stat().st_size > 0, name
+    assert list((demo_run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events"
 
 
 def test_eval_reproduces_and_predict_names_the_digits(demo_run: Path, tmp_path: Path) -> None:
@@ -55,6 +57,11 @@ def test_eval_reproduces_and_predict_names_the_digits(demo_run: Path, tmp_path: 
     assert proc.returncode == 0, proc.stderr[-2000:]
     member = json.loads((tmp_path / "e.json").read_text())["members"][0]
     assert member["top1"] == pytest.approx(test["test_top1"], abs=1e-9)
+    # The same evaluation from Python: the numbers `resnext eval` printed.
+    report = resnext_api.evaluate(demo_run / "best.pt")
+    assert report.final.num_images == 359 and report.members[0].name == str(demo_run / "best.pt")
+    for key in ("top1", "top5", "loss"):
+        assert getattr(report.final, key) == pytest.approx(member[key], abs=1e-9), key
 
     # The test split's digits as PNG files, one folder per true class.
     _, _, test_set = digits_splits(0.1, 0.2, 0)

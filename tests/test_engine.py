@@ -13,20 +13,20 @@ import torch
 from torch import nn
 
 from resnext.config import ConfigError, load_config
-from resnext.data import TensorImages, TransformedDataset
+from resnext.data import TensorImages, TransformedDataset, make_loader
 from resnext.engine import (
     ModelEma,
     NonFiniteLossError,
     Trainer,
     build_optimizer,
     build_scheduler,
-    evaluate_split,
     get_rng_state,
-    load_checkpoint,
     lr_factor_fn,
     scaled_lr,
     set_rng_state,
 )
+from resnext.inference.metrics import run_metrics
+from resnext.weights import load_checkpoint
 
 
 # -- EMA --------------------------------------------------------------------------------
@@ -253,6 +253,40 @@ def test_gradient_accumulation_equals_the_big_batch(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 2  # 4 micro-batches
 
 
+def test_one_loader_per_split_for_the_whole_run(tmp_path: Path, monkeypatch) -> None:
+    """The train loader is built once (its workers persist) and re-seeded each epoch through
+    its sampler; the weights are those of loaders built afresh per epoch (the old way)."""
+    from resnext.engine import trainer as trainer_module
+    from resnext.engine import validation
+
+    built: list[int] = []
+
+    def counting(*args, **kwargs):
+        built.append(kwargs.get("num_workers", 0))
+        loader = make_loader(*args, **kwargs)
+        assert loader.persistent_workers == (kwargs.get("num_workers", 0) > 0)
+        return loader
+
+    monkeypatch.setattr(trainer_module, "make_loader", counting)
+    monkeypatch.setattr(validation, "make_loader", counting)
+    cfg = _cfg("train.epochs=3", "train.batch_size=8", "data.num_workers=1")
+    torch.manual_seed(0)
+    model = TinyNet()
+    reference = TinyNet()
+    reference.load_state_dict(model.state_dict())
+    _trainer(model, cfg, tmp_path / "a", val_set=_data(12, seed=1)).fit()
+    assert built == [1, 1]  # train and val, once each, for three epochs
+    # Hand-made reference: a fresh loader per epoch with the same seeds, plain SGD lr 0.5.
+    opt = torch.optim.SGD(reference.parameters(), lr=0.5)
+    for epoch in range(3):
+        for x, y in make_loader(_data(), 8, shuffle=True, seed=0, epoch=epoch):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(reference(x), torch.as_tensor(y)).backward()
+            opt.step()
+    for k, v in reference.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
 def test_gradient_clipping_bounds_the_update(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = TinyNet()
@@ -307,15 +341,43 @@ def test_checkpoint_holds_every_documented_key(tmp_path: Path) -> None:
     assert (tmp_path / "best.pt").exists() and (tmp_path / "curves.png").stat().st_size > 0
 
 
-def test_bf16_autocast_on_cpu_trains(tmp_path: Path) -> None:
-    cfg = _cfg("train.amp=bf16", "train.max_steps=1")
-    result = _trainer(TinyNet(), cfg, tmp_path).fit()
-    assert result.steps == 1
+def _learnable(n: int = 48) -> TransformedDataset:
+    """Images whose label is their brightest channel: a few SGD steps learn it."""
+    g = torch.Generator().manual_seed(0)
+    labels = [i % 3 for i in range(n)]
+    images = torch.randint(0, 100, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
+    for i, y in enumerate(labels):
+        images[i, y] += 120
+    return TransformedDataset(TensorImages(images, labels), lambda x: x.float() / 255.0)
+
+
+def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    bf16, fp32 = TinyNet(), TinyNet()
+    fp32.load_state_dict(bf16.state_dict())
+    seen: list[torch.dtype] = []
+    bf16.conv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    cfg = ("train.epochs=6", "train.batch_size=8")
+    result = _trainer(
+        bf16, _cfg("train.precision=bf16", *cfg), tmp_path / "a", train_set=_learnable()
+    ).fit()
+    _trainer(fp32, _cfg(*cfg), tmp_path / "b", train_set=_learnable()).fit()
+    assert seen and set(seen) == {torch.bfloat16}  # the convs ran in bf16
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())  # master weights fp32
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.history[-1]["train_top1"] == 100.0
+    # The same trajectory as fp32 up to bf16 rounding: close, but not the same numbers.
+    diff = max(
+        float((a - b).abs().max())
+        for a, b in zip(bf16.state_dict().values(), fp32.state_dict().values(), strict=True)
+    )
+    assert 0 < diff < 0.05
 
 
 def test_fp16_on_cpu_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
-        _trainer(TinyNet(), _cfg("train.amp=fp16"), tmp_path)
+        _trainer(TinyNet(), _cfg("train.precision=fp16"), tmp_path)
 
 
 class Oracle(nn.Module):
@@ -327,16 +389,17 @@ class Oracle(nn.Module):
         return -(j - pred).abs() - 0.01 * j
 
 
-def test_evaluate_split_counts_top1_and_top5_exactly() -> None:
+def test_the_metric_loop_counts_top1_and_top5_exactly() -> None:
     labels = [0, 1, 2, 3, 4, 5, 0, 1]
     preds = [0, 1, 2, 3, 0, 0, 0, 5]  # 5 of 8 right; (4, 0) is 5th, (5, 0) 6th, (1, 5) 5th
     images = torch.zeros(8, 3, 2, 2, dtype=torch.uint8)
     images[:, 0, 0, 0] = torch.tensor(preds, dtype=torch.uint8)
     ds = TransformedDataset(TensorImages(images, labels), lambda x: x.float())
-    out = evaluate_split(Oracle(), ds, batch_size=3, device=torch.device("cpu"))
-    assert out["images"] == 8
-    assert out["top1"] == pytest.approx(100 * 5 / 8)
-    assert out["top5"] == pytest.approx(100 * 7 / 8)
+    loader = make_loader(ds, 3, shuffle=False)
+    out = run_metrics([Oracle()], loader, 6, progress=False).final
+    assert out.num_images == 8
+    assert out.top1 == pytest.approx(100 * 5 / 8)
+    assert out.top5 == pytest.approx(100 * 7 / 8)
     logits = Oracle()(images.float())
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).item()
-    assert out["loss"] == pytest.approx(expected, rel=1e-6)
+    assert out.loss == pytest.approx(expected, rel=1e-6)

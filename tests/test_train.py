@@ -4,6 +4,7 @@ the run folder, clear errors before training, and an exact resume after a real S
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import yaml
 
 from resnext.cli import main
 from resnext.config import load_config
-from resnext.engine import load_checkpoint, model_from_checkpoint
+from resnext.engine import lr_factor_fn
+from resnext.weights import load_checkpoint, model_from_checkpoint
 
 # ~180 train images (10% of 1,797), 16 per batch: 12 steps per epoch, about 0.1 s each.
 TINY = [
@@ -80,13 +82,41 @@ def test_run_folder_holds_config_metrics_checkpoints_and_curves(finished_run: Pa
     assert ckpt["metrics"]["selected"] == "ema" and ckpt["metrics"]["best_epoch"] == 1
 
 
+def test_tensorboard_events_hold_the_logged_scalars(finished_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(finished_run / "tensorboard"))
+    events.Reload()
+    records = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    epoch = next(r for r in records if r["kind"] == "epoch")
+    [val] = events.Scalars("epoch/val_top1")
+    assert (val.step, val.value) == (epoch["step"], pytest.approx(epoch["val_top1"], rel=1e-6))
+    assert len(events.Scalars("train/loss")) == 12
+    [test] = events.Scalars("test/top1")
+    assert test.value == pytest.approx(records[-1]["test_top1"], rel=1e-6)
+
+
 def test_prints_a_results_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert _train(tmp_path, "train.epochs=1", "train.max_steps=2") == 0
+    assert _train(tmp_path, "train.epochs=1") == 0
     out = capsys.readouterr().out
     assert "resnext29_2x4d (block form c" in out
     for row in ("best val top-1", "test top-1 (best.pt, EMA weights)", "test top-5", "run folder"):
         assert row in out
-    assert load_checkpoint(tmp_path / "r" / "last.pt")["step"] == 2
+    assert re.search(r"steps / epochs +12 / 1\n", out)  # 180 images / batch 16 = 12 steps
+
+
+def test_a_max_steps_stop_says_where_it_stopped(tmp_path: Path, capsys) -> None:
+    """A stop mid-epoch is no epoch: nothing validated or selected, the summary says so."""
+    assert _train(tmp_path, "train.epochs=1", "train.max_steps=2") == 0
+    out = capsys.readouterr().out
+    assert "2 steps: 0 epochs + 2/12 batches of epoch 1 (stopped by train.max_steps=2)" in out
+    assert re.search(r"model selection +none: no epoch finished", out)
+    assert "test top-1 (last.pt, EMA weights)" in out
+    assert "steps / epochs" not in out and "best val" not in out
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert (ckpt["step"], ckpt["epoch"], ckpt["epoch_step"]) == (2, 0, 2)
+    assert ckpt["metrics"]["history"] == [] and ckpt["metrics"]["best_val_top1"] is None
+    assert not (tmp_path / "r" / "best.pt").exists()
 
 
 def _error(capsys: pytest.CaptureFixture, *args: str) -> str:
@@ -146,6 +176,85 @@ def test_resume_refuses_another_recipe(finished_run: Path, capsys: pytest.Captur
         f"train.output_dir={finished_run.parent}",
     )
     assert "optim.lr: 0.1 (checkpoint) vs 0.05 (now)" in err
+
+
+def _same_run(a_dir: Path, b_dir: Path) -> None:
+    """Two run folders hold bitwise the same training state and the same epoch records."""
+    a, b = load_checkpoint(a_dir / "last.pt"), load_checkpoint(b_dir / "last.pt")
+    assert (a["epoch"], a["epoch_step"], a["step"]) == (b["epoch"], b["epoch_step"], b["step"])
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    for i, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
+    assert a["scheduler"] == b["scheduler"]
+    for key in ("best_val_top1", "best_epoch"):
+        assert a["metrics"][key] == b["metrics"][key]
+
+    def records(run: Path) -> list[dict]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        drop = ("seconds", "img_per_s")
+        return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
+
+    assert records(a_dir) == records(b_dir)
+
+
+def test_a_max_steps_stop_resumes_exactly_as_the_uninterrupted_run(tmp_path: Path) -> None:
+    """train.max_steps stops the recipe's schedule; it does not shorten it. Resumed without
+    it (or with a later stop), the run continues bitwise as if never stopped."""
+    recipe = ("train.epochs=2", "schedule.warmup_epochs=0.5")  # cosine over 24 steps
+    assert _train(tmp_path, *recipe, "train.max_steps=5", name="stopped") == 0
+    stopped = load_checkpoint(tmp_path / "stopped" / "last.pt")
+    assert (stopped["step"], stopped["epoch"], stopped["epoch_step"]) == (5, 0, 5)
+    assert _train(tmp_path, *recipe, "train.max_steps=17", "--resume", name="stopped") == 0
+    assert _train(tmp_path, *recipe, "train.max_steps=null", "--resume", name="stopped") == 0
+    assert _train(tmp_path, *recipe, name="straight") == 0
+    _same_run(tmp_path / "stopped", tmp_path / "straight")
+    # The lr of every step is the full schedule's: cosine over 24 steps, never re-planned.
+    lrs = [
+        json.loads(x)["lr"]
+        for x in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(x)["kind"] == "train"
+    ]
+    factor = lr_factor_fn(load_config(None, list(recipe)).schedule, 12, 24, 0.1)
+    assert lrs == pytest.approx([0.1 * factor(i) for i in range(24)], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.epochs=3", "train.epochs: 1 (checkpoint) vs 3 (now), refused because the cosine"),
+        ("train.eval_every=2", "train.eval_every: 1 (checkpoint) vs 2 (now), refused because"),
+        ("data.on_bad_file=skip", "data.on_bad_file: 'error' (checkpoint) vs 'skip' (now)"),
+    ],
+)
+def test_resume_refuses_changes_to_the_schedule_or_the_selection(
+    finished_run: Path, capsys: pytest.CaptureFixture, override: str, named: str
+) -> None:
+    err = _error(
+        capsys,
+        *TINY,
+        override,
+        f"train.resume={finished_run / 'last.pt'}",
+        f"train.output_dir={finished_run.parent}",
+    )
+    assert named in err and "Keys a resume may change: data.root" in err
+
+
+def test_more_epochs_of_a_step_schedule_extend_the_run(tmp_path: Path) -> None:
+    """Under a step schedule the lr of a step does not depend on train.epochs: extending
+    a finished run is allowed and gives the run that had more epochs from the start."""
+    step = ("schedule.name=step", "schedule.step_size=1", "schedule.warmup_epochs=0")
+    assert _train(tmp_path, *step, "train.epochs=1", name="short") == 0
+    assert _train(tmp_path, *step, "train.epochs=2", "--resume", name="short") == 0
+    assert _train(tmp_path, *step, "train.epochs=2", name="long") == 0
+    a, b = (
+        load_checkpoint(tmp_path / "short" / "last.pt"),
+        load_checkpoint(tmp_path / "long" / "last.pt"),
+    )
+    assert a["step"] == b["step"] == 24
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
 
 
 def test_exploding_loss_stops_with_the_step_and_a_nonzero_exit(

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..config import ConfigError
-
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -26,30 +24,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(
-    name: str | torch.device | None, local_rank: int | None = None, what: str = "train.device"
-) -> torch.device:
-    """``auto`` (or None) -> CUDA if present (this process's GPU under torchrun), else CPU.
-
-    ``what`` names the setting in error messages (``train.device``, ``--device``).
-    """
-    if isinstance(name, torch.device):
-        return name
-    if local_rank is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if name is None or name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{what}={name!r} but CUDA is not available; use auto or cpu")
-        if name == "cuda":
-            return torch.device("cuda", local_rank)
-        return torch.device(name)
-    if name != "cpu":
-        raise ConfigError(f"{what} must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return torch.device("cpu")
 
 
 def init_distributed(device: torch.device) -> DistInfo:

@@ -1,0 +1,77 @@
+"""Where a run stands (all of it saved in ``last.pt``, so a resume continues from it), and
+what a finished run reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Progress:
+    """Epochs done, micro-batches done in the epoch in progress, optimizer steps, the model
+    selection so far, the epoch records, the wall time, and the running sums (loss,
+    correct, images) of the epoch in progress."""
+
+    epoch: int = 0
+    epoch_step: int = 0
+    step: int = 0
+    best_top1: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    epoch_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
+
+    def counters(self) -> dict[str, int]:
+        """The checkpoint's top-level ``epoch``, ``epoch_step`` and ``step``."""
+        return {"epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step}
+
+    def metrics(self) -> dict[str, Any]:
+        """The checkpoint's ``metrics`` entries this object owns."""
+        return {
+            "best_val_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "seconds": self.seconds,
+            "epoch_sums": self.epoch_sums.cpu(),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any], device: torch.device) -> Progress:
+        metrics = ckpt.get("metrics") or {}
+        sums = metrics.get("epoch_sums")
+        return cls(
+            epoch=ckpt["epoch"],
+            epoch_step=ckpt["epoch_step"],
+            step=ckpt["step"],
+            best_top1=metrics.get("best_val_top1"),
+            best_epoch=metrics.get("best_epoch"),
+            history=list(metrics.get("history", [])),
+            seconds=float(metrics.get("seconds", 0.0)),
+            epoch_sums=(
+                sums.to(device, torch.float64)
+                if sums is not None
+                else torch.zeros(3, dtype=torch.float64, device=device)
+            ),
+        )
+
+
+@dataclass
+class FitResult:
+    """What a finished (or ``max_steps``-stopped) run reports (accuracies in %, 0..100)."""
+
+    run_dir: Path
+    steps: int
+    epochs: int  # epochs completed
+    epoch_step: int  # batches done in an epoch left unfinished by train.max_steps (else 0)
+    batches_per_epoch: int
+    selected: str  # which weights were selected and tested: "ema" or "model"
+    best_val_top1: float | None
+    best_epoch: int | None
+    test: dict[str, float] | None
+    tested: str | None  # the checkpoint file the test split was evaluated with
+    seconds: float  # wall time of training + evaluation, summed over resumed sessions
+    history: list[dict[str, Any]] = field(default_factory=list)

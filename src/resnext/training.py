@@ -1,0 +1,255 @@
+"""Training as a function: config -> data -> model -> engine, every user check first.
+
+:func:`train` is what ``resnext train`` runs (the command only parses and prints). It is
+the one place that wires the config to the data readers, the model registry and the
+engine; every check a user can fail (config, output folder, data, weights, resume
+checkpoint) runs before the first training step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import Config, from_dict, merge_overrides
+from .data import build_splits
+from .engine import (
+    DistInfo,
+    FitResult,
+    Trainer,
+    check_resume_compatible,
+    cleanup,
+    init_distributed,
+    seed_everything,
+)
+from .errors import ConfigError, DataError
+from .models import create_model
+from .runtime import check_precision, configure_torch, resolve_device
+from .weights import extract_state_dict, load_checked, load_checkpoint, read_file
+
+
+@dataclass
+class TrainOutcome:
+    """A finished run: the engine's result and where it ran."""
+
+    result: FitResult
+    run_dir: Path
+    config: Config
+    seconds: float  # this session's wall time, set-up included
+    is_main: bool  # rank 0 (the process that wrote the files)
+
+
+def train(
+    cfg: Config,
+    *,
+    config_given: bool = True,
+    overrides: list[str] | None = None,
+    say: Callable[[str], None] = print,
+) -> TrainOutcome:
+    """Check everything, build data and model, run the engine. ``config_given`` False and a
+    resume: continue with the checkpoint's own recipe (plus ``overrides``)."""
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.train.device, what="train.device")
+    dist = init_distributed(device)
+    try:
+        return _train(cfg, device, dist, config_given, overrides or [], t_start, say)
+    finally:
+        cleanup(dist)
+
+
+# -- run folder and resume target -------------------------------------------------------
+def _find_resume(cfg: Config) -> Path:
+    """The checkpoint ``train.resume`` names: a path, or ``auto`` (the run's last.pt)."""
+    tc = cfg.train
+    out = Path(tc.output_dir)
+    if tc.resume != "auto":
+        path = Path(tc.resume)  # type: ignore[arg-type]
+        if not path.is_file():
+            raise ConfigError(f"train.resume={tc.resume!r}: no such checkpoint file")
+        return path
+    if tc.run_name is not None:
+        path = out / tc.run_name / "last.pt"
+        if not path.is_file():
+            raise ConfigError(
+                f"nothing to resume: {path} does not exist (train.run_name={tc.run_name!r}); "
+                "drop --resume to start the run"
+            )
+        return path
+    found = sorted(out.glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(
+            f"nothing to resume: no run folder with a last.pt under {str(out)!r}; "
+            "drop --resume to start a new run, or set train.output_dir / train.run_name"
+        )
+    return found[-1]
+
+
+def _run_dir(cfg: Config, resume: Path | None, dist: DistInfo) -> Path:
+    tc = cfg.train
+    if tc.run_name is not None:
+        run_dir = Path(tc.output_dir) / tc.run_name
+    elif resume is not None:
+        run_dir = resume.parent
+    else:
+        name = [f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"]
+        if dist.enabled:  # every process must use rank 0's clock
+            torch.distributed.broadcast_object_list(name, src=0)
+        run_dir = Path(tc.output_dir) / name[0]
+    if resume is None and (run_dir / "last.pt").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run (last.pt); add --resume to continue it, "
+            "or choose another train.run_name"
+        )
+    return run_dir
+
+
+def _check_writable(run_dir: Path, create: bool) -> None:
+    """Fail now, not after an epoch, if the run folder cannot be created or written.
+
+    ``create=False`` only looks (the nearest existing parent must be a writable folder),
+    so a run refused for another reason leaves no empty folder behind.
+    """
+    probe = run_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(
+            f"cannot create the run folder {run_dir}: {probe} is a file, not a folder; "
+            "set train.output_dir to a writable folder"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write to {probe} (no permission), so the run folder {run_dir} cannot be "
+            "created; set train.output_dir to a writable folder"
+        )
+    if not create:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        test = run_dir / ".write-test"
+        test.write_text("ok")
+        test.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write to the run folder {run_dir} ({e.strerror or e}); "
+            "set train.output_dir to a writable folder"
+        ) from e
+
+
+# -- the job ------------------------------------------------------------------------------
+def _train(
+    cfg: Config,
+    device: torch.device,
+    dist: DistInfo,
+    config_given: bool,
+    overrides: list[str],
+    t_start: float,
+    say: Callable[[str], None],
+) -> TrainOutcome:
+    if not dist.is_main:
+        say = _silent
+    resume = _find_resume(cfg) if cfg.train.resume else None
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        if not config_given:
+            # `resnext train --resume` alone continues the run with its own recipe.
+            base = ckpt.get("config") or {}
+            cfg = from_dict(merge_overrides(base, [*overrides, f"train.resume={resume}"]))
+    check_precision(cfg.train.precision, device, "train.precision")  # fp16 on CPU: refuse now
+    configure_torch(cfg.train.deterministic, cfg.train.threads)
+    run_dir = _run_dir(cfg, resume, dist)
+    if dist.is_main:
+        _check_writable(run_dir, create=False)
+
+    splits = build_splits(cfg.data)
+    classes = list(splits.classes)
+    if cfg.model.num_classes is not None and cfg.model.num_classes != len(classes):
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but the {cfg.data.name} dataset has "
+            f"{len(classes)} classes; leave model.num_classes unset (null) to use the dataset's"
+        )
+    if len(splits.train) == 0:  # type: ignore[arg-type]
+        raise DataError(f"the train split of {cfg.data.name} is empty: nothing to train on")
+
+    seed_everything(cfg.train.seed)  # the weight init depends on the seed only
+    try:
+        model = create_model(
+            cfg.model.name,
+            num_classes=len(classes),
+            block_form=cfg.model.block_form,
+            zero_init_last_bn=cfg.model.zero_init_last_bn,
+            stem_width=cfg.model.stem_width,
+            widths=cfg.model.widths,
+        )
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e
+    if cfg.model.pretrained is not None and ckpt is None:
+        state = extract_state_dict(read_file(cfg.model.pretrained))
+        fc = state.get("fc.weight")
+        skip = fc is not None and tuple(fc.shape) != tuple(model.fc.weight.shape)
+        load_checked(model, state, skip_classifier=skip)
+        say(
+            f"started from {cfg.model.pretrained}"
+            + (" (classifier re-initialised for the new classes)" if skip else "")
+        )
+
+    changed: list[str] = []
+    if ckpt is not None:
+        changed = check_resume_compatible(ckpt, cfg, model, classes, resume)  # type: ignore[arg-type]
+
+    if dist.is_main:
+        _check_writable(run_dir, create=True)
+    trainer = Trainer(
+        model,
+        splits.train,
+        splits.val,
+        splits.test,
+        cfg,
+        run_dir,
+        classes=classes,
+        preprocess=splits.preprocess.to_dict(),
+        device=device,
+        dist=dist,
+    )
+    if ckpt is not None:
+        trainer.load_state(ckpt, resume)
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    n_params = sum(p.numel() for p in model.parameters())
+    sizes = " / ".join(
+        f"{len(ds)} {name}"  # type: ignore[arg-type]
+        for name, ds in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        if ds is not None
+    )
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    say(
+        f"{cfg.model.name} (block form {cfg.model.block_form}, {n_params / 1e6:.2f}M params) on "
+        f"{cfg.data.name}: {sizes} images, {len(classes)} classes"
+    )
+    stop = f", stopping at step {cfg.train.max_steps}" if cfg.train.max_steps else ""
+    say(
+        f"device {device}{threads}, {cfg.train.precision}, {dist.world_size} process(es) x batch "
+        f"{cfg.train.batch_size} x {cfg.train.accumulate_steps} accumulation, lr {trainer.lr:g}, "
+        f"{cfg.train.epochs} epochs = {trainer.total_steps} steps{stop}; run folder {run_dir}"
+    )
+    if ckpt is not None:
+        say(
+            f"resuming {resume} at epoch {trainer.progress.epoch} + "
+            f"{trainer.progress.epoch_step} batches (step {trainer.progress.step})"
+            + (f"; changed: {', '.join(changed)}" if changed else "")
+        )
+    sys.stdout.flush()
+    result = trainer.fit()
+    return TrainOutcome(result, run_dir, cfg, time.perf_counter() - t_start, dist.is_main)
+
+
+def _silent(message: str) -> None:
+    """Processes other than rank 0 print nothing."""
