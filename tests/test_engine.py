@@ -25,6 +25,7 @@ from resnext.engine import (
     scaled_lr,
     set_rng_state,
 )
+from resnext.errors import DataError
 from resnext.inference.metrics import run_metrics
 from resnext.weights import load_checkpoint
 
@@ -403,3 +404,15 @@ def test_the_metric_loop_counts_top1_and_top5_exactly() -> None:
     logits = Oracle()(images.float())
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).item()
     assert out.loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_resume_on_data_of_another_size_is_refused(tmp_path: Path) -> None:
+    """data.root may move on resume, but it must hold the run's data: another image count
+    would silently change the steps per epoch, the schedule and the order."""
+    torch.manual_seed(0)
+    _trainer(TinyNet(), _cfg(), tmp_path).fit()
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["metrics"]["train_images"] == 32
+    other = _trainer(TinyNet(), _cfg(), tmp_path / "b", train_set=_data(24))
+    with pytest.raises(DataError, match="now has 24 images and the checkpoint's run had 32"):
+        other.load_state(ckpt)

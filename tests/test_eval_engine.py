@@ -1,4 +1,5 @@
-"""engine.evaluate: 10-crop and ensemble scores against hand-computed softmax averages."""
+"""The metric loop (inference.metrics): 10-crop and ensemble scores against hand-computed
+softmax averages."""
 
 from __future__ import annotations
 

@@ -148,6 +148,24 @@ def test_resume_purges_events_after_the_checkpoint(tmp_path: Path) -> None:
     assert [r["step"] for r in _lines(tmp_path)] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
+def test_a_test_written_at_the_stop_step_is_gone_after_resume(tmp_path: Path) -> None:
+    """A max_steps stop at step 5 writes a test record at 5; resumed from 5, TensorBoard keeps
+    the step-5 train point (the jsonl keeps it) and drops that test point (the jsonl does)."""
+    with RunLog(tmp_path, tensorboard=True) as log:
+        for step in range(1, 6):
+            log.write(_train(step, float(step)))
+        log.write({"kind": "stop", "epoch": 1, "step": 5})
+        log.write({"kind": "test", "step": 5, "test_top1": 50.0, "test_loss": 1.0})
+    _age_event_files(tmp_path / "tensorboard")
+    with RunLog(tmp_path, tensorboard=True, resume_step=5) as log:
+        log.write(_train(6, 6.0))
+        log.write({"kind": "test", "step": 6, "test_top1": 60.0, "test_loss": 0.5})
+    scalars = _scalars(tmp_path / "tensorboard")
+    assert scalars["train/loss"] == [(s, float(s)) for s in range(1, 7)]
+    assert scalars["test/top1"] == [(6, 60.0)]
+    assert [r["kind"] for r in _lines(tmp_path)] == ["train"] * 6 + ["test"]
+
+
 def test_new_run_starts_the_log_afresh(tmp_path: Path) -> None:
     """Without resume_step an earlier run's jsonl lines and event files are dropped."""
     with RunLog(tmp_path, tensorboard=True) as log:

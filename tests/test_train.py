@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import tiny_checkpoint
 from resnext.cli import main
 from resnext.config import load_config
 from resnext.engine import lr_factor_fn
@@ -207,7 +208,9 @@ def test_a_max_steps_stop_resumes_exactly_as_the_uninterrupted_run(tmp_path: Pat
     stopped = load_checkpoint(tmp_path / "stopped" / "last.pt")
     assert (stopped["step"], stopped["epoch"], stopped["epoch_step"]) == (5, 0, 5)
     assert _train(tmp_path, *recipe, "train.max_steps=17", "--resume", name="stopped") == 0
-    assert _train(tmp_path, *recipe, "train.max_steps=null", "--resume", name="stopped") == 0
+    # `--resume` alone: the run's own recipe, without the stop (a stop is not inherited).
+    resume = ["train", f"train.output_dir={tmp_path}", "train.run_name=stopped", "--resume"]
+    assert main(resume) == 0
     assert _train(tmp_path, *recipe, name="straight") == 0
     _same_run(tmp_path / "stopped", tmp_path / "straight")
     # The lr of every step is the full schedule's: cosine over 24 steps, never re-planned.
@@ -241,6 +244,31 @@ def test_resume_refuses_changes_to_the_schedule_or_the_selection(
     assert named in err and "Keys a resume may change: data.root" in err
 
 
+def test_a_resume_past_its_stop_or_without_training_state_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _train(tmp_path, "train.epochs=1", "train.max_steps=2") == 0
+    capsys.readouterr()
+    err = _error(capsys, *TINY, f"train.output_dir={tmp_path}", "train.run_name=r",
+                 "train.max_steps=2", "--resume")  # fmt: skip
+    assert "already stopped at step 2 and train.max_steps is 2" in err
+    # A checkpoint made for inference (no optimizer, no RNG) is no run to resume.
+    model_only = tiny_checkpoint(tmp_path / "model.pt")
+    err = _error(capsys, *TINY, f"train.resume={model_only}", f"train.output_dir={tmp_path}")
+    assert "holds no training state (optimizer, scheduler, rng missing)" in err
+
+
+def test_empty_val_or_test_split_is_said_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _train(tmp_path, "train.epochs=1", "data.val_fraction=0", "data.test_fraction=0") == 0
+    out = capsys.readouterr().out
+    assert "the val split of digits is empty: the last epoch is kept" in out
+    assert "the test split of digits is empty: there is no final test" in out
+    assert re.search(r"model selection +last epoch \(1\): no val split", out)
+    assert "test top-1" not in out
+
+
 def test_more_epochs_of_a_step_schedule_extend_the_run(tmp_path: Path) -> None:
     """Under a step schedule the lr of a step does not depend on train.epochs: extending
     a finished run is allowed and gives the run that had more epochs from the start."""
@@ -255,6 +283,20 @@ def test_more_epochs_of_a_step_schedule_extend_the_run(tmp_path: Path) -> None:
     assert a["step"] == b["step"] == 24
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_more_epochs_are_refused_when_not_every_epoch_is_validated(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The last epoch is always validated: with eval_every 2, extending a 1-epoch run would
+    validate epoch 1, which a 2-epoch run never does, and so could select another model."""
+    step = ("schedule.name=step", "schedule.warmup_epochs=0", "train.eval_every=2")
+    assert _train(tmp_path, *step, "train.epochs=1") == 0
+    err = _error(capsys, *TINY, *step, "train.epochs=2", f"train.output_dir={tmp_path}",
+                 "train.run_name=r", "--resume")  # fmt: skip
+    assert (
+        "train.epochs: 1 (checkpoint) vs 2 (now), refused because with train.eval_every > 1" in err
+    )
 
 
 def test_exploding_loss_stops_with_the_step_and_a_nonzero_exit(
@@ -389,3 +431,24 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     assert ckpt["metrics"]["world_size"] == 2 and ckpt["step"] == 6
     assert done.stdout.count("test top-1") == 1  # only rank 0 prints
     assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def _torchrun(tmp: Path, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "resnext", "train", *TINY, "train.epochs=1", "train.threads=1",
+           f"train.output_dir={tmp}", f"train.run_name={name}", *extra]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.mark.slow
+def test_torchrun_stop_mid_epoch_and_resume_is_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Under DDP a mid-epoch last.pt holds the whole job's running sums of the epoch (rank 0
+    takes them back, rank 1 starts from zero): the resumed epoch's train loss and accuracy,
+    and every weight, equal the uninterrupted run's."""
+    _torchrun(tmp_path, "stopped", "train.max_steps=4")
+    assert load_checkpoint(tmp_path / "stopped" / "last.pt")["epoch_step"] == 4
+    _torchrun(tmp_path, "stopped", "--resume")
+    _torchrun(tmp_path, "straight")
+    _same_run(tmp_path / "stopped", tmp_path / "straight")

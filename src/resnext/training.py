@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -142,6 +143,26 @@ def _check_writable(run_dir: Path, create: bool) -> None:
         ) from e
 
 
+def resolve_run_config(
+    cfg: Config, *, config_given: bool = True, overrides: list[str] | None = None
+) -> tuple[Config, Path | None, dict[str, Any] | None]:
+    """The config a run will use, the checkpoint it resumes (if any) and its contents.
+
+    ``resnext train --resume`` without a recipe continues the run with the checkpoint's own
+    config and the given overrides; ``train.max_steps`` is not inherited from it, since it
+    is a stop of one session, not part of the recipe.
+    """
+    resume = _find_resume(cfg) if cfg.train.resume else None
+    if resume is None:
+        return cfg, None, None
+    ckpt = load_checkpoint(resume)
+    if not config_given:
+        base = from_dict(ckpt.get("config") or {}).to_dict()  # old key names read as today's
+        base["train"]["max_steps"] = None
+        cfg = from_dict(merge_overrides(base, [*(overrides or []), f"train.resume={resume}"]))
+    return cfg, resume, ckpt
+
+
 # -- the job ------------------------------------------------------------------------------
 def _train(
     cfg: Config,
@@ -154,14 +175,12 @@ def _train(
 ) -> TrainOutcome:
     if not dist.is_main:
         say = _silent
-    resume = _find_resume(cfg) if cfg.train.resume else None
-    ckpt = None
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        if not config_given:
-            # `resnext train --resume` alone continues the run with its own recipe.
-            base = ckpt.get("config") or {}
-            cfg = from_dict(merge_overrides(base, [*overrides, f"train.resume={resume}"]))
+    cfg, resume, ckpt = resolve_run_config(cfg, config_given=config_given, overrides=overrides)
+    if ckpt is not None and cfg.train.max_steps is not None and ckpt["step"] >= cfg.train.max_steps:
+        raise ConfigError(
+            f"{resume} already stopped at step {ckpt['step']} and train.max_steps is "
+            f"{cfg.train.max_steps}; resume with a later stop or train.max_steps=null"
+        )
     check_precision(cfg.train.precision, device, "train.precision")  # fp16 on CPU: refuse now
     configure_torch(cfg.train.deterministic, cfg.train.threads)
     run_dir = _run_dir(cfg, resume, dist)
@@ -177,6 +196,14 @@ def _train(
         )
     if len(splits.train) == 0:  # type: ignore[arg-type]
         raise DataError(f"the train split of {cfg.data.name} is empty: nothing to train on")
+    # An empty val or test split (e.g. data.val_fraction=0) is no split: the run keeps the
+    # last epoch, or has no final test. Said now, not found out after training.
+    for name in ("val", "test"):
+        split = getattr(splits, name)
+        if split is not None and len(split) == 0:
+            setattr(splits, name, None)
+            what = "the last epoch is kept" if name == "val" else "there is no final test"
+            say(f"the {name} split of {cfg.data.name} is empty: {what}")
 
     seed_everything(cfg.train.seed)  # the weight init depends on the seed only
     try:

@@ -11,10 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from ..data.images import BadImageError, is_image_file, load_image
+from ..data.images import is_image_file
 from ..errors import ConfigError
 from ..inference import Classifier
 from .common import IntermixedParser, add_model_options
@@ -103,24 +102,15 @@ def run(args: argparse.Namespace) -> int:
         disable=args.no_progress or len(files) <= args.batch_size,
         leave=False,
     )
-    for start in range(0, len(files), args.batch_size):
-        tensors, names = [], []
-        for f in files[start : start + args.batch_size]:
-            try:
-                tensors.append(clf.to_tensor(load_image(f)))
-                names.append(str(f))
-            except BadImageError as e:
-                # e.reason, not the message: its hint about data.on_bad_file is for datasets.
-                why = f"cannot read image {str(f)!r}: {e.reason}"
-                errors.append((str(f), why))
-                tqdm.write(f"resnext predict: {why}; skipped", file=sys.stderr)
-        if tensors:
-            top = clf.topk(clf.probabilities(torch.stack(tensors)), args.topk)
-            for name, preds in zip(names, top, strict=True):
-                results.append((name, preds))
-                if not args.json:
-                    tqdm.write(format_prediction(name, preds), file=sys.stdout)
-        bar.update(min(args.batch_size, len(files) - start))
+    for r in clf.predict_files(files, topk=args.topk, batch_size=args.batch_size):
+        bar.update(1)
+        if r.error is not None:
+            errors.append((r.path, r.error))
+            tqdm.write(f"resnext predict: {r.path}: {r.error}; skipped", file=sys.stderr)
+            continue
+        results.append((r.path, r.topk))
+        if not args.json:
+            tqdm.write(format_prediction(r.path, r.topk), file=sys.stdout)
     bar.close()
     if args.json:
         out = {

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import load_config
 from ..configdoc import format_config, load_config_sources
 from ..table import format_table
-from ..training import TrainOutcome, train
+from ..training import TrainOutcome, resolve_run_config, train
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,17 +54,14 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("train.resume=auto")
     cfg = load_config(config, overrides)
     if args.print_config:
-        print(format_config(cfg, load_config_sources(config, overrides)), end="")
+        sources = load_config_sources(config, overrides)
+        cfg, _, _ = resolve_run_config(cfg, config_given=config is not None, overrides=overrides)
+        print(format_config(cfg, sources), end="")
         return 0
     outcome = train(cfg, config_given=config is not None, overrides=overrides)
     if outcome.is_main:
         print(format_table(summary_rows(outcome), left=2))
-        run_dir = outcome.run_dir
-        print(
-            f"files: {run_dir / 'best.pt'} (selected on val), {run_dir / 'last.pt'}, "
-            f"{run_dir / 'metrics.jsonl'}, {run_dir / 'curves.png'}, {run_dir / 'config.yaml'}"
-            + (", tensorboard/" if (run_dir / "tensorboard").is_dir() else "")
-        )
+        print("files: " + ", ".join(run_files(outcome.run_dir)))
     return 0
 
 
@@ -99,6 +96,23 @@ def summary_rows(outcome: TrainOutcome) -> list[tuple[str, str]]:
         ("run folder", str(outcome.run_dir)),
     ]
     return rows
+
+
+def run_files(run_dir: Path) -> list[str]:
+    """The files the run folder holds, each with what it is."""
+    named = {
+        "best.pt": "selected on val",
+        "last.pt": "to resume",
+        "metrics.jsonl": "",
+        "curves.png": "",
+        "config.yaml": "",
+        "tensorboard": "tensorboard --logdir",
+    }
+    return [
+        f"{run_dir / name}" + (f" ({what})" if what else "")
+        for name, what in named.items()
+        if (run_dir / name).exists()
+    ]
 
 
 def _duration(seconds: float) -> str:

@@ -117,7 +117,7 @@ def mnist_splits(name: str, root: str | None, val_fraction: float, split_seed: i
         raise DataError(f"data.root is not set; give the folder holding {files}")
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise FileNotFoundError(f"data.root={root!r} is not a folder; expected one holding {files}")
+        raise DataError(f"data.root={root!r} is not a folder; expected one holding {files}")
     candidates = [base, base / "raw", base / _SUBFOLDERS[name] / "raw"]
     folder = next((c for c in candidates if _find(c, "train", "images")), None)
     if folder is None:

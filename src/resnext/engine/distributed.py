@@ -48,6 +48,18 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every process rank 0's buffers (BN running statistics).
+
+    Each process updates its BN statistics from its own batches (DDP re-syncs them only at
+    the next training forward), and an EMA of them drifts apart per process too. Evaluated
+    and saved, the model is rank 0's: this makes every process hold exactly that.
+    """
+    if info.enabled:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -40,9 +40,13 @@ class Progress:
         }
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any], device: torch.device) -> Progress:
+    def from_checkpoint(
+        cls, ckpt: dict[str, Any], device: torch.device, with_sums: bool = True
+    ) -> Progress:
+        """``with_sums``: take the epoch's running sums (the whole job's, under DDP: one
+        process takes them, the others start from zero so that their sum stays right)."""
         metrics = ckpt.get("metrics") or {}
-        sums = metrics.get("epoch_sums")
+        sums = metrics.get("epoch_sums") if with_sums else None
         return cls(
             epoch=ckpt["epoch"],
             epoch_step=ckpt["epoch_step"],

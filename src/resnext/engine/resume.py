@@ -8,6 +8,7 @@ before the first step, naming the key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,36 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "model.pretrained": "only the first start reads it; a resume loads the checkpoint",
 }
 
+
+def _epochs_may_change(cfg: Config) -> str | None:
+    """None where train.epochs may change on resume, else why not."""
+    if cfg.schedule.name == "cosine":
+        return "the cosine schedule anneals over all epochs, so every later lr would change"
+    if cfg.train.eval_every != 1:
+        return (
+            "with train.eval_every > 1 the epochs that are validated (the last one always is) "
+            "would change, and so which can be selected"
+        )
+    return None
+
+
+#: Keys that may change on resume only under a condition: key -> (its test, its reason).
+RESUME_MAY_CHANGE_IF: dict[str, tuple[Callable[[Config], str | None], str]] = {
+    "train.epochs": (
+        _epochs_may_change,
+        "under a step, multistep or constant schedule validated every epoch, the lr and the "
+        "selection of every epoch do not depend on the number of epochs",
+    ),
+}
+
 #: Why some keys users try to change are refused (every key not above is refused).
 WHY_REFUSED: dict[str, str] = {
-    "train.epochs": "the cosine schedule anneals over all epochs, so every later lr would change",
     "train.eval_every": "it decides which epochs are validated, so which can be selected",
     "data.on_bad_file": "it changes which images are trained on",
 }
-# train.epochs may change where the lr schedule does not depend on it.
-_EPOCHS_MAY_CHANGE_UNDER = ("step", "multistep", "constant")
+
+#: What a checkpoint must hold to be resumed (an inference-only checkpoint holds None there).
+_TRAINING_STATE = ("optimizer", "scheduler", "epoch", "epoch_step", "step", "rng")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -70,6 +93,12 @@ def check_resume_compatible(
             f"{path} holds another model ({detail}); resume it with the config it was trained "
             "with, or start a new run (drop --resume / train.resume)"
         )
+    missing = [k for k in _TRAINING_STATE if ckpt.get(k) is None]
+    if missing:
+        raise WeightsError(
+            f"{path} holds no training state ({', '.join(missing)} missing): it is a model for "
+            "inference, not a run to resume; start a new run from it with model.pretrained="
+        )
     if list(ckpt.get("classes", [])) != list(classes):
         raise WeightsError(
             f"{path} was trained on other classes ({len(ckpt.get('classes', []))} vs "
@@ -78,19 +107,26 @@ def check_resume_compatible(
     old = _flat(from_dict(ckpt.get("config") or {}).to_dict())  # old key names read as today's
     new = _flat(cfg.to_dict())
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
-    if cfg.schedule.name in _EPOCHS_MAY_CHANGE_UNDER and "train.epochs" in refused:
-        refused.remove("train.epochs")
+    why = dict(WHY_REFUSED)
+    for key, (test, _) in RESUME_MAY_CHANGE_IF.items():
+        reason = test(cfg)
+        if reason is not None:
+            why[key] = reason
+    refused = [
+        k
+        for k in changed
+        if k not in RESUME_MAY_CHANGE and (k not in RESUME_MAY_CHANGE_IF or k in why)
+    ]
     if refused:
         detail = "; ".join(
             f"{k}: {old.get(k)!r} (checkpoint) vs {new.get(k)!r} (now)"
-            + (f", refused because {WHY_REFUSED[k]}" if k in WHY_REFUSED else "")
+            + (f", refused because {why[k]}" if k in why else "")
             for k in refused
         )
         raise ConfigError(
             f"{path} was trained with another config ({detail}). An exact resume needs the "
             "same recipe: use the run's config.yaml, or start a new run. Keys a resume may "
-            f"change: {', '.join(RESUME_MAY_CHANGE)}, and train.epochs under a step, multistep "
-            "or constant schedule"
+            f"change: {', '.join(RESUME_MAY_CHANGE)}; and, where the recipe allows it, "
+            f"{', '.join(RESUME_MAY_CHANGE_IF)}"
         )
     return [k for k in changed if k != "train.resume"]

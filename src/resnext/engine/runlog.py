@@ -89,10 +89,16 @@ class RunLog:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._prepare_metrics(resume_step)
+        kept = self._prepare_metrics(resume_step)
         if writer_class is not None:
             self._tensorboard_dir = self.run_dir / TENSORBOARD_DIR
             self._writer = self._open_writer(writer_class, resume_step)
+            if resume_step is not None:
+                # Events from resume_step on were purged; what the jsonl kept at that very
+                # step (its train/epoch records, not a test the stopped run wrote) goes back.
+                for record in kept:
+                    if record.get("step") == resume_step:
+                        self._add_scalars(record)
 
     def _resolve_tensorboard(self, tensorboard: bool | None) -> type[SummaryWriter] | None:
         """The SummaryWriter class when event files are on, else None."""
@@ -108,10 +114,12 @@ class RunLog:
                 "pip install 'resnext[tensorboard]' (or set train.tensorboard=false)"
             ) from err
 
-    def _prepare_metrics(self, resume_step: int | None) -> None:
-        """Start metrics.jsonl afresh, or cut it back to the records up to ``resume_step``."""
+    def _prepare_metrics(self, resume_step: int | None) -> list[dict[str, Any]]:
+        """Start metrics.jsonl afresh, or cut it back to the records up to ``resume_step``;
+        returns the records kept."""
         path = self.run_dir / METRICS_FILE
         kept: list[str] = []
+        records: list[dict[str, Any]] = []
         if resume_step is not None and path.exists():
             for line in path.read_text().splitlines():
                 try:
@@ -124,7 +132,9 @@ class RunLog:
                     and record.get("kind") not in _REWRITTEN_ON_RESUME
                 ):
                     kept.append(line)
+                    records.append(record)
         path.write_text("".join(line + "\n" for line in kept))
+        return records
 
     def _open_writer(
         self, writer_class: type[SummaryWriter], resume_step: int | None
@@ -138,8 +148,8 @@ class RunLog:
                     old.unlink()
             return writer_class(log_dir=str(log_dir))
         # purge_step writes a restart marker: TensorBoard drops events at steps >= it that
-        # the killed process wrote before this one.
-        return writer_class(log_dir=str(log_dir), purge_step=resume_step + 1)
+        # the stopped process wrote before this one (a test at the stop step included).
+        return writer_class(log_dir=str(log_dir), purge_step=resume_step)
 
     @property
     def tensorboard_dir(self) -> Path | None:
@@ -159,6 +169,10 @@ class RunLog:
             raise RuntimeError("RunLog.write() after close()")
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self._add_scalars(record)
+
+    def _add_scalars(self, record: dict[str, Any]) -> None:
+        """The record's numeric values as TensorBoard scalars at its step (when on)."""
         if self._writer is None:
             return
         scalars = [

@@ -28,7 +28,7 @@ from ..errors import ConfigError, DataError, TrainingError
 from ..runtime import check_precision
 from ..weights import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
 from ..weights import save_checkpoint as write_checkpoint
-from .distributed import DistInfo, all_reduce_sum, barrier
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
 from .progress import FitResult, Progress
 from .rng import get_rng_state, set_rng_state
 from .runlog import RunLog
@@ -151,6 +151,7 @@ class Trainer:
                 **self.progress.metrics(),
                 "selected": self.selected,
                 "world_size": self.dist.world_size,
+                "train_images": len(self.train_set),  # type: ignore[arg-type]
             },
         )
 
@@ -163,9 +164,16 @@ class Trainer:
                 f"run has {self.dist.world_size}; resume with the same number of processes "
                 "(the data order of each process depends on it)"
             )
+        n, was = len(self.train_set), metrics.get("train_images")  # type: ignore[arg-type]
+        if was is not None and was != n:
+            raise DataError(
+                f"the train split now has {n} images and the checkpoint's run had {was}: "
+                f"data.root={self.cfg.data.root!r} does not hold the run's data, and the run "
+                "cannot continue exactly; point data.root at the same dataset"
+            )
         load_checked(self.model, ckpt["model"])
         self.stepper.load_state_dict(ckpt)
-        self.progress = Progress.from_checkpoint(ckpt, self.device)
+        self.progress = Progress.from_checkpoint(ckpt, self.device, with_sums=self.dist.is_main)
         set_rng_state(ckpt["rng"])
         self.resumed_from = Path(path) if path is not None else None
 
@@ -204,8 +212,15 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------
     def _save_last(self) -> None:
+        """Write last.pt (rank 0). Every rank calls it: under DDP the running sums of the
+        epoch in progress are summed over processes first, so last.pt holds the whole job's
+        (rank 0 takes them back on resume, the other ranks start from zero)."""
+        own = self.progress.epoch_sums
+        if self.dist.enabled:
+            self.progress.epoch_sums = all_reduce_sum(own.clone(), self.dist)
         if self.dist.is_main:
             write_checkpoint(self.last_path, self.state())
+        self.progress.epoch_sums = own
 
     def _check_finite(self, loss_sum: torch.Tensor, batch: int) -> None:
         p = self.progress
@@ -304,6 +319,7 @@ class Trainer:
         due = p.epoch % self.tc.eval_every == 0 or p.epoch == self.tc.epochs
         improved = False
         if self.val_set is not None and due:
+            broadcast_buffers(self._eval_model(), self.dist)  # validate what rank 0 saves
             val = self.evaluate("val", self._eval_model())
             record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
             if p.best_top1 is None or val["top1"] > p.best_top1:

@@ -12,7 +12,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,15 @@ ImageInput = str | Path | Image.Image | torch.Tensor
 
 # An image file that cannot be read or is not an image; the message names the file.
 ImageError = BadImageError
+
+
+@dataclass
+class FilePrediction:
+    """One file's result: its top-k (class name, probability) pairs, or why it failed."""
+
+    path: str
+    topk: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
 
 
 class Classifier:
@@ -189,6 +199,28 @@ class Classifier:
     ) -> list[list[tuple[str, float]]]:
         """For each image, its ``topk`` (class name, probability) pairs, most likely first."""
         return self.topk(self.predict_proba(images, batch_size=batch_size), topk)
+
+    def predict_files(
+        self, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64
+    ) -> Iterator[FilePrediction]:
+        """Classify image files in batches, in order; a file that cannot be read yields a
+        :class:`FilePrediction` with its ``error`` instead of stopping the rest."""
+        if topk < 1:
+            raise ValueError(f"topk must be at least 1, got {topk}")
+        for start in range(0, len(paths), batch_size):
+            tensors, done = [], []
+            for path in paths[start : start + batch_size]:
+                try:
+                    tensors.append(self.to_tensor(load_image(path)))
+                    done.append(FilePrediction(str(path)))
+                except BadImageError as e:
+                    # e.reason, not the message: its hint about data.on_bad_file is for datasets.
+                    yield FilePrediction(str(path), error=f"cannot read image: {e.reason}")
+            if tensors:
+                top = self.topk(self.probabilities(torch.stack(tensors)), topk)
+                for result, preds in zip(done, top, strict=True):
+                    result.topk = preds
+                    yield result
 
     def topk(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """(class name, probability) pairs of the ``k`` largest probabilities of each row."""
