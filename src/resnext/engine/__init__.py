@@ -3,9 +3,10 @@
 from .distributed import DistInfo, cleanup, init_distributed
 from .ema import ModelEma
 from .optim import build_optimizer, build_scheduler, lr_factor_fn, scaled_lr
+from .progress import FitResult
 from .resume import RESUME_MAY_CHANGE, check_resume_compatible
 from .rng import get_rng_state, seed_everything, set_rng_state
-from .trainer import FitResult, NonFiniteLossError, Trainer
+from .trainer import NonFiniteLossError, Trainer
 
 __all__ = [
     "RESUME_MAY_CHANGE",

@@ -39,6 +39,31 @@ class Progress:
             "epoch_sums": self.epoch_sums.cpu(),
         }
 
+    def result(
+        self,
+        run_dir: Path,
+        batches_per_epoch: int,
+        selected: str,
+        *,
+        test: dict[str, float] | None,
+        tested: str | None,
+    ) -> FitResult:
+        """What the run reports when it ends (or stops)."""
+        return FitResult(
+            run_dir=run_dir,
+            steps=self.step,
+            epochs=self.epoch,
+            epoch_step=self.epoch_step,
+            batches_per_epoch=batches_per_epoch,
+            selected=selected,
+            best_val_top1=self.best_top1,
+            best_epoch=self.best_epoch,
+            test=test,
+            tested=tested,
+            seconds=self.seconds,
+            history=self.history,
+        )
+
     @classmethod
     def from_checkpoint(
         cls, ckpt: dict[str, Any], device: torch.device, with_sums: bool = True

@@ -402,19 +402,8 @@ class Trainer:
                 val_label=label,
                 train_label="train (label-smoothed loss)" if smoothed else "train",
             )
-        return FitResult(
-            run_dir=self.run_dir,
-            steps=p.step,
-            epochs=p.epoch,
-            epoch_step=p.epoch_step,
-            batches_per_epoch=self.batches_per_epoch,
-            selected=self.selected,
-            best_val_top1=p.best_top1,
-            best_epoch=p.best_epoch,
-            test=test,
-            tested=tested,
-            seconds=p.seconds,
-            history=p.history,
+        return p.result(
+            self.run_dir, self.batches_per_epoch, self.selected, test=test, tested=tested
         )
 
     def _final_test(self) -> tuple[dict[str, float] | None, str | None]:
@@ -428,17 +417,7 @@ class Trainer:
         model = self._eval_model()
         load_checked(model, ckpt["ema"] if self.selected == "ema" else ckpt["model"])
         test = self.evaluate("test", model)
-        self._record(
-            {
-                "kind": "test",
-                "step": self.progress.step,
-                "checkpoint": path.name,
-                "best_epoch": self.progress.best_epoch,
-                "weights": self.selected,
-                "test_loss": test["loss"],
-                "test_top1": test["top1"],
-                "test_top5": test["top5"],
-                "test_images": test["images"],
-            }
-        )
+        where = {"step": self.progress.step, "checkpoint": path.name}
+        info = {"best_epoch": self.progress.best_epoch, "weights": self.selected}
+        self._record({"kind": "test", **where, **info, **{f"test_{k}": v for k, v in test.items()}})
         return test, path.name
