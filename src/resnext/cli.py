@@ -14,7 +14,7 @@ import sys
 
 from .errors import ResnextError
 
-COMMANDS = ("models", "complexity", "train", "eval", "predict")
+COMMANDS = ("models", "complexity", "train", "eval", "predict", "convert", "export", "average")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,14 @@ from torchvision.transforms import v2
 
 from ..config import DataConfig
 from ..errors import ConfigError, WeightsError
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, ToRGBImage, eval_transform
+from .transforms import (
+    CROP_OFFSETS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INTERPOLATIONS,
+    ToRGBImage,
+    eval_transform,
+)
 
 
 @dataclass(frozen=True)
@@ -30,8 +37,14 @@ class Preprocess:
     interpolation: str = "bilinear"  # resize filter, the one used in training
     mean: tuple[float, ...] = IMAGENET_MEAN  # per-channel normalisation, [0, 1] units
     std: tuple[float, ...] = IMAGENET_STD
+    # where an odd margin puts the centre crop: round (torchvision) | ceil (fb.resnet.torch)
+    crop_offset: str = "round"
 
     def __post_init__(self) -> None:
+        if self.crop_offset not in CROP_OFFSETS:
+            raise ValueError(
+                f"crop_offset must be one of {', '.join(CROP_OFFSETS)}, got {self.crop_offset!r}"
+            )
         if self.image_size < 1:
             raise ValueError(f"image_size must be at least 1, got {self.image_size}")
         if self.eval_resize is not None and self.eval_resize < self.image_size:
@@ -129,7 +142,12 @@ class Preprocess:
         """
         if not ten_crop:
             return eval_transform(
-                self.image_size, self.mean, self.std, self.eval_resize, self.interpolation
+                self.image_size,
+                self.mean,
+                self.std,
+                self.eval_resize,
+                self.interpolation,
+                self.crop_offset,
             )
         return TenCropTransform(self)
 

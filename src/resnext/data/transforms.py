@@ -163,20 +163,47 @@ def train_transform(
     )
 
 
+class CeilCenterCrop(torch.nn.Module):
+    """A centre crop whose offset is ``ceil((W - S) / 2)``, as fb.resnet.torch's
+    ``CenterCrop`` computes it; torchvision rounds half to even instead, so the two differ by
+    one pixel where ``W - S`` is odd."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, img):
+        h, w = v2.functional.get_size(img)
+        if h < self.size or w < self.size:
+            raise ValueError(f"image {w}x{h} is smaller than the crop {self.size}")
+        top, left = -(-(h - self.size) // 2), -(-(w - self.size) // 2)
+        return v2.functional.crop(img, top, left, self.size, self.size)
+
+
+CROP_OFFSETS = ("round", "ceil")
+
+
 def eval_transform(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
     resize: int | None = None,
     interpolation: str = "bilinear",
+    crop_offset: str = "round",
 ) -> v2.Compose:
     """Resize the shorter side to ``resize`` (default: the image size), centre crop.
 
     ImageNet's standard is resize 256 -> crop 224 (torchvision V2 weights: 232 -> 224).
+    ``crop_offset``: ``round`` (torchvision) or ``ceil`` (fb.resnet.torch) where the margin
+    is odd.
     """
     interp = INTERPOLATIONS[interpolation]
     ops: list = [ToRGBImage(), *_resize_crop(image_size, interp)]
     if resize is not None and resize != image_size:
         ops[1] = v2.Resize(resize, interp, antialias=True)
+    if crop_offset == "ceil":
+        ops[2] = CeilCenterCrop(image_size)
+    elif crop_offset != "round":
+        raise ValueError(f"crop_offset must be round or ceil, got {crop_offset!r}")
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(ops)
