@@ -87,11 +87,21 @@ class Classifier:
         device: str | torch.device | None = None,
         precision: str = "fp32",
     ) -> Classifier:
-        """Load a ``resnext train`` checkpoint: its weights, classes and preprocessing.
+        """Load a ``resnext train`` checkpoint, a model file (``.safetensors`` with its JSON,
+        from ``resnext convert``/``export``) or an exported ``.onnx`` file (run in
+        onnxruntime): its weights, classes and preprocessing.
 
         ``use_ema``: True = the EMA weights, False = the trained weights, None = the ones the
         training run selected and tested (``metrics.selected``; the trained weights if absent).
         """
+        if Path(path).suffix == ".onnx":
+            from .onnx_model import load_onnx  # onnxruntime is needed for .onnx files only
+
+            if use_ema:
+                raise WeightsError(
+                    f"{str(path)!r} is an exported model: it holds one set of weights"
+                )
+            return cls(*load_onnx(path), device=device, precision=precision)
         return cls.from_checkpoint_dict(
             load_checkpoint(path), use_ema=use_ema, device=device, precision=precision, path=path
         )

@@ -258,6 +258,10 @@ def _load_members(
         raise ConfigError("give a checkpoint to evaluate (or a model name with weights)")
     members = []
     for p in paths:
+        if Path(p).suffix == ".onnx":  # an exported model: no data section, one set of weights
+            clf = Classifier.from_checkpoint(p, device=device, precision=precision)
+            members.append(Member(str(p), clf, None))
+            continue
         ckpt = load_checkpoint(p)
         use_ema = selected_ema(ckpt) if ema is None else ema
         clf = Classifier.from_checkpoint_dict(

@@ -46,6 +46,14 @@ class Architecture:
     stem_width: int = 64
     widths: tuple[int, ...] | None = None  # block output widths; None = the paper's
 
+    @property
+    def name(self) -> str:
+        """The registry name of this shape: ``resnext50_32x4d``, or ``resnet50`` for C=1,
+        d=64 (stem and stage widths other than the paper's are not part of the name)."""
+        if self.cardinality == 1 and self.bottleneck_width == 64:
+            return f"resnet{self.depth}"
+        return f"resnext{self.depth}_{self.cardinality}x{self.bottleneck_width}d"
+
     def stage_blocks(self) -> tuple[int, ...]:
         table = IMAGENET_DEPTHS if self.family == "imagenet" else CIFAR_DEPTHS
         return table[self.depth]

@@ -110,7 +110,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read one of our checkpoints (CPU tensors); a clear :class:`WeightsError` otherwise."""
+    """Read one of our checkpoints (CPU tensors), or a model file (``.safetensors`` with our
+    JSON beside it, see :mod:`resnext.weights.modelfile`) in the same shape; a clear
+    :class:`WeightsError` otherwise."""
+    from .modelfile import is_model_file, load_model_file
+
+    if is_model_file(path):
+        return load_model_file(path)
     obj = read_file(path)
     if obj.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(

@@ -1,0 +1,124 @@
+"""The model file: weights as safetensors plus a small JSON beside them.
+
+What ``resnext convert`` and ``resnext export --format safetensors`` write, and what every
+command and :class:`~resnext.Classifier` load by path: ``NAME.safetensors`` (the state dict,
+torchvision's parameter names, loadable by any ecosystem) and ``NAME.json``::
+
+    {"format": "resnext-model", "version": 1,
+     "arch": {...},            # resnext.models.Architecture: rebuilds the network
+     "classes": [...],         # class names in output order
+     "preprocess": {...},      # resnext.data.Preprocess: what evaluation applies
+     "source": {...}}          # where the weights came from (format, file, notes)
+
+The JSON is data only (no code), the weights are safetensors: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import WeightsError
+from .checkpoint import CHECKPOINT_FORMAT, VERSION, atomic_write
+from .files import read_file
+
+MODEL_FORMAT = "resnext-model"
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON beside a weights file: ``model.safetensors`` -> ``model.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def save_model_file(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    classes: list[str],
+    preprocess: dict[str, Any],
+    source: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``path`` (.safetensors) and the JSON beside it; returns both paths."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"a model file is written as .safetensors, got {str(path)!r}")
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        raise WeightsError("only resnext models (with an .arch record) can be saved as model files")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    num_out = getattr(arch, "num_classes", None)
+    if num_out is not None and len(classes) != num_out:
+        raise WeightsError(f"{len(classes)} class names for a model with {num_out} outputs")
+    meta = {
+        "format": MODEL_FORMAT,
+        "version": VERSION,
+        "arch": arch.to_dict(),
+        "classes": list(classes),
+        "preprocess": dict(preprocess),
+        "source": dict(source or {}),
+    }
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    side = sidecar_path(path)
+    atomic_write(side, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+    return path, side
+
+
+def is_model_file(path: str | Path) -> bool:
+    """A .safetensors file with our JSON beside it."""
+    p = Path(path)
+    return p.suffix == ".safetensors" and sidecar_path(p).is_file()
+
+
+def load_model_file(path: str | Path) -> dict[str, Any]:
+    """A model file as a checkpoint-shaped dict (no training state), for every loader."""
+    p = Path(path)
+    side = sidecar_path(p)
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{str(side)!r} (beside {p.name}) is not readable JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise WeightsError(
+            f"{str(side)!r} is not a resnext model description (format {MODEL_FORMAT!r})"
+        )
+    if meta.get("version", 0) > VERSION:
+        raise WeightsError(f"{str(side)!r} was written by a newer resnext; upgrade the package")
+    missing = [k for k in ("arch", "classes", "preprocess") if not meta.get(k)]
+    if missing:
+        raise WeightsError(f"{str(side)!r} lacks {', '.join(missing)}")
+    state = read_file(p)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": VERSION,
+        "arch": meta["arch"],
+        "model": state,
+        "ema": None,
+        **dict.fromkeys(("optimizer", "scheduler", "scaler", "epoch", "epoch_step", "step", "rng")),
+        "config": None,
+        "classes": list(meta["classes"]),
+        "preprocess": dict(meta["preprocess"]),
+        "metrics": {"selected": "model"},
+        "source": dict(meta.get("source") or {}),
+    }
+
+
+def save_imported(path: str | Path, imported: Any) -> tuple[Path, Path]:
+    """Write an :class:`~resnext.weights.convert.base.Imported` as a model file."""
+    from ..inference.classes import default_class_names
+
+    classes = imported.classes or default_class_names(imported.model.arch.num_classes)
+    return save_model_file(
+        path,
+        imported.model,
+        classes=classes,
+        preprocess=imported.preprocess.to_dict(),
+        source=imported.source,
+    )
