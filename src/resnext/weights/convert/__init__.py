@@ -50,7 +50,10 @@ def detect_format(path: str | Path) -> str:
     if head.startswith(b"PK\x03\x04") and _looks_like_npz(p):
         return "chainer"
     if name.endswith(".pth.tar"):
-        return "lornatang"
+        # timm's train.py writes .pth.tar too; Lornatang's hold an ema_state_dict entry.
+        from ..files import read_file
+
+        return "lornatang" if "ema_state_dict" in read_file(p) else "state_dict"
     return "state_dict"
 
 
