@@ -101,7 +101,9 @@ class Classifier:
                 raise WeightsError(
                     f"{str(path)!r} is an exported model: it holds one set of weights"
                 )
-            return cls(*load_onnx(path), device=device, precision=precision)
+            # onnxruntime runs on the CPU here: "auto" must not pick a GPU for it.
+            onnx_device = "cpu" if device in (None, "auto") else device
+            return cls(*load_onnx(path), device=onnx_device, precision=precision)
         return cls.from_checkpoint_dict(
             load_checkpoint(path), use_ema=use_ema, device=device, precision=precision, path=path
         )

@@ -1,0 +1,101 @@
+"""``resnext export``: a checkpoint as ONNX, TorchScript or a safetensors model file.
+
+Parses the arguments, calls :func:`resnext.weights.export.export_model` (which checks the
+file against the eager model before keeping it) and prints what was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..data.preprocess import Preprocess
+from ..errors import WeightsError
+from ..inference.classes import default_class_names
+from ..models import Architecture
+from ..weights import load_checkpoint, model_from_checkpoint, selected_ema
+from ..weights.export import FORMATS, SUFFIXES, check_output_path, export_model
+from ..weights.modelfile import is_model_file
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    endings = "; ".join(f"{f}: {' or '.join(s)}" for f, s in SUFFIXES.items())
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as ONNX, TorchScript or safetensors, checked against eager",
+        description="Export a checkpoint (or model file) for deployment. The file carries or "
+        "sits beside (NAME.json) its class names and preprocessing, and is read back by its "
+        "runtime and compared with the eager model before it is kept.",
+    )
+    p.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="a `resnext train` checkpoint or model file"
+    )
+    p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help=f"file to write ({endings})"
+    )
+    ema = p.add_mutually_exclusive_group()
+    ema.add_argument(
+        "--ema",
+        action="store_true",
+        default=None,
+        help="export the EMA weights (default: the weights the training run selected and tested)",
+    )
+    ema.add_argument(
+        "--no-ema", dest="ema", action="store_false", help="export the trained (non-EMA) weights"
+    )
+    p.add_argument(
+        "--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's, 20)"
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = check_output_path(args.output, args.format)  # refuse a bad path before loading
+    ckpt = load_checkpoint(args.checkpoint)
+    use_ema = selected_ema(ckpt) if args.ema is None else args.ema
+    model = model_from_checkpoint(ckpt, use_ema=use_ema)
+    arch = model.arch
+    classes = ckpt.get("classes") or default_class_names(arch.num_classes)
+    if ckpt.get("preprocess") is None:
+        raise WeightsError(
+            f"{args.checkpoint!r} stores no preprocess entry, so the exported file could not "
+            "say how to prepare images"
+        )
+    pre = Preprocess.from_dict(ckpt["preprocess"])
+    source = {
+        "format": "resnext-model" if is_model_file(args.checkpoint) else "resnext-checkpoint",
+        "file": Path(args.checkpoint).name,
+        "weights": "ema" if use_ema else "model",
+    }
+    if ckpt.get("source"):
+        source["origin"] = ckpt["source"]
+    report = export_model(
+        model, out, args.format, classes=classes, preprocess=pre, source=source, opset=args.opset
+    )
+    shown = ", ".join(json.dumps(c) for c in classes[:3]) + (", ..." if len(classes) > 3 else "")
+    print(
+        f"{_model_name(arch)} ({'EMA' if use_ema else 'trained'} weights, block form "
+        f"{arch.block_form}), {len(classes)} classes ({shown})"
+    )
+    print(f"preprocessing: {pre.describe()}, mean {list(pre.mean)}, std {list(pre.std)}")
+    opset = f", opset {report.opset}" if report.opset is not None else ""
+    print(f"wrote {report.path} ({_size(report.size_bytes)}, {report.exporter}{opset})")
+    print(f"wrote {report.sidecar} (architecture, classes, preprocessing)")
+    print(report.check_line())
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _model_name(arch: Architecture) -> str:
+    """The registry-style name: ``resnext50_32x4d``, or ``resnet50`` for C=1, d=64."""
+    c, d = arch.cardinality, arch.bottleneck_width
+    return f"resnet{arch.depth}" if (c, d) == (1, 64) else f"resnext{arch.depth}_{c}x{d}d"
+
+
+def _size(n: int) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} bytes"
