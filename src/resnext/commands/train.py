@@ -76,7 +76,7 @@ def summary_rows(outcome: TrainOutcome) -> list[tuple[str, str]]:
     else:
         rows.append(("model selection", "none: no epoch finished"))
     if r.test is not None:
-        weights = "EMA weights" if r.selected == "ema" else "weights"
+        weights = "EMA weights" if r.selected == "ema" else "trained weights"
         rows += [
             (f"test top-1 ({r.tested}, {weights})", f"{r.test['top1']:.2f}%"),
             ("test top-5", f"{r.test['top5']:.2f}%"),

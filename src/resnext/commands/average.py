@@ -1,0 +1,60 @@
+"""``resnext average``: one checkpoint whose weights are the mean of several checkpoints'.
+
+Parses the arguments, calls :func:`resnext.weights.average.average_checkpoints`, writes the
+result with :func:`~resnext.weights.save_checkpoint` and prints what it averaged.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..weights import save_checkpoint
+from ..weights.average import average_checkpoints
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "average",
+        help="average the weights of checkpoints of one architecture (BN statistics included)",
+        usage="resnext average CHECKPOINT CHECKPOINT [...] -o OUT [--ema | --no-ema]",
+        description="Average the weights of two or more checkpoints of one architecture, class "
+        "list and preprocessing (every floating-point tensor, BN running statistics included) "
+        "into an inference-only checkpoint that eval, predict and export read.",
+    )
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more checkpoints")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint to write")
+    ema = p.add_mutually_exclusive_group()
+    ema.add_argument(
+        "--ema",
+        action="store_true",
+        default=None,
+        help="average every file's EMA weights (default: the weights each run selected)",
+    )
+    ema.add_argument(
+        "--no-ema", dest="ema", action="store_false", help="average the trained (non-EMA) weights"
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.is_dir():
+        raise ConfigError(f"-o {args.output!r} is a folder; give the file to write, e.g. soup.pt")
+    payload = average_checkpoints(args.checkpoints, ema=args.ema)
+    arch = payload["arch"]
+    c, d = arch["cardinality"], arch["bottleneck_width"]
+    name = f"resnet{arch['depth']}" if (c, d) == (1, 64) else f"resnext{arch['depth']}_{c}x{d}d"
+    print(
+        f"averaged {len(args.checkpoints)} checkpoints of {name} ({arch['num_classes']} classes), "
+        "every floating-point tensor (BN running statistics included):"
+    )
+    for name, weights in zip(args.checkpoints, payload["metrics"]["averaged_weights"], strict=True):
+        print(f"  {name} ({'EMA' if weights == 'ema' else 'trained'} weights)")
+    try:
+        save_checkpoint(out, payload)
+    except OSError as e:
+        raise ConfigError(f"cannot write {args.output!r}: {e.strerror or e}") from e
+    print(f"wrote {out} (inference only: no optimizer state to resume)")
+    return 0
