@@ -77,7 +77,7 @@ def test_onnx_export_matches_eager_in_onnxruntime_at_two_batch_sizes(onnx_export
     m = DIFF.search(out)
     assert m and "onnxruntime vs eager" in out and float(m[1]) <= 1e-4
     assert "torch.onnx.export (dynamo)" in out  # the torch.export-based exporter works here
-    assert path.with_suffix(".json").is_file() and not list(path.parent.glob(".*partial"))
+    assert Path(f"{path}.json").is_file() and not list(path.parent.glob(".*partial"))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,), (outp,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, outp.name) == ("images", "logits")
@@ -100,7 +100,7 @@ def test_onnx_metadata_and_json_hold_classes_and_preprocessing(onnx_export) -> N
         "file": "c.pt",
         "weights": "model",
     }
-    side = json.loads(path.with_suffix(".json").read_text())
+    side = json.loads(Path(f"{path}.json").read_text())  # m.onnx.json: m.json is a model file's
     assert side["format"] == "resnext-model" and side["classes"] == list(DIGITS_CLASSES)
     assert side["preprocess"] == DIGITS_PRE
 
@@ -150,7 +150,7 @@ def test_torchscript_export_carries_metadata_and_matches_eager(tmp_path) -> None
     extra = {"resnext.json": ""}
     loaded = torch.jit.load(str(path), _extra_files=extra)
     meta = json.loads(extra["resnext.json"])
-    assert meta == json.loads(path.with_suffix(".json").read_text())
+    assert meta == json.loads(Path(f"{path}.json").read_text())
     assert meta["classes"] == list(DIGITS_CLASSES) and meta["preprocess"] == DIGITS_PRE
     for n in (1, 4):
         x, want = eager(ckpt, n)
@@ -254,4 +254,4 @@ def test_a_failed_check_keeps_no_file_and_the_fallback_exporter_works(
     monkeypatch.setattr(export_mod, "TOLERANCE", -1.0)  # any difference now fails the check
     with pytest.raises(WeightsError, match=r"max abs logit difference \S+ > -1.*nothing was kept"):
         export_mod.export_onnx(model, tmp_path / "n.onnx", **kw)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "m.json", "m.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "m.onnx", "m.onnx.json"]

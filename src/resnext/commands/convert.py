@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.source}: {src.get('format', args.fmt)} -> {arch.name}")
     print(f"  classes: {arch.num_classes}" + ("" if imported.classes else " (ImageNet-1k names)"))
     print(f"  preprocessing: {imported.preprocess.describe()}")
-    notes = {k: v for k, v in src.items() if k not in ("format", "file")}
+    notes = {k: v for k, v in src.items() if k not in ("format", "file") and v is not None}
     if notes:
         print("  source: " + ", ".join(f"{k} {v}" for k, v in notes.items()))
     print(f"wrote {weights} and {sidecar} (reloaded: the same logits)")

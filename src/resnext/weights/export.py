@@ -29,7 +29,7 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..errors import ConfigError, WeightsError
 from .checkpoint import VERSION, atomic_write, load_checkpoint, model_from_checkpoint
-from .modelfile import MODEL_FORMAT, save_model_file, sidecar_path
+from .modelfile import MODEL_FORMAT, save_model_file
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 #: The file name endings each format is written under.
@@ -426,7 +426,9 @@ def _random_batch(model: nn.Module, pre: Preprocess, n: int, seed: int = 0) -> t
 
 
 def _write_sidecar(path: Path, meta: dict[str, Any]) -> Path:
-    side = sidecar_path(path)
+    """``model.onnx`` -> ``model.onnx.json`` (not ``model.json``: that is the JSON of a
+    ``model.safetensors`` model file, which an export next to it must not overwrite)."""
+    side = path.with_name(path.name + ".json")
     atomic_write(side, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
     return side
 

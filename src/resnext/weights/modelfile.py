@@ -42,7 +42,7 @@ def save_model_file(
     source: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``path`` (.safetensors) and the JSON beside it; returns both paths."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -63,9 +63,7 @@ def save_model_file(
         "preprocess": dict(preprocess),
         "source": dict(source or {}),
     }
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write(save(state)))
     side = sidecar_path(path)
     atomic_write(side, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
     return path, side
