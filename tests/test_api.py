@@ -121,3 +121,18 @@ def test_preprocess_defaults_and_larger_crop() -> None:
         pre.with_crop(320, 300)
     with pytest.raises(WeightsError, match="unknown preprocess keys"):
         Preprocess.from_dict({"image_size": 32, "crop_pct": 0.9})
+
+
+def test_ceil_crop_offset_is_fb_resnet_torchs_and_ten_crop_keeps_it() -> None:
+    """fb.resnet.torch's centre crop starts at ceil((W - S) / 2); torchvision's rounds half to
+    even. With a margin of 77 (1 mod 4) they start at 39 and 38; ten-crop's centre crop is
+    always the single crop."""
+    x = torch.randint(0, 255, (3, 256, 301), dtype=torch.uint8)
+    ceil, rnd = Preprocess(224, 256, crop_offset="ceil"), Preprocess(224, 256)
+    a, b = ceil.transform()(x), rnd.transform()(x)
+    norm = rnd.transform()(x[:, :, 1:])  # the same image one pixel to the left
+    assert not torch.equal(a, b) and torch.equal(a, norm)
+    for pre, single in ((ceil, a), (rnd, b)):
+        assert torch.equal(pre.transform(ten_crop=True)(x)[4], single)
+    with pytest.raises(WeightsError, match="crop_offset must be one of round, ceil"):
+        Preprocess.from_dict({"image_size": 32, "crop_offset": "floor"})

@@ -177,3 +177,18 @@ def test_one_checkpoint_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureF
     assert not out.exists()
     with pytest.raises(SystemExit):  # no -o: argparse's usage error
         main(["average", str(a), str(a)])
+
+
+def test_a_safetensors_output_is_a_model_file_and_an_input_is_never_replaced(
+    three: list[Path], tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "soup.safetensors"
+    assert main(["average", *map(str, three), "-o", str(out)]) == 0
+    assert (tmp_path / "soup.json").is_file()
+    averaged = average_checkpoints(three)
+    clf = resnext.Classifier.from_checkpoint(out, device="cpu")  # read as a model file
+    for k, v in averaged["model"].items():
+        assert torch.equal(clf.model.state_dict()[k], v), k
+    before = three[0].read_bytes()
+    assert main(["average", *map(str, three), "-o", str(three[0])]) == 2
+    assert "is the input" in capsys.readouterr().err and three[0].read_bytes() == before

@@ -15,17 +15,17 @@ import pytest
 import torch
 from PIL import Image
 
+import resnext
 from helpers import DIGITS_PRE, tiny_checkpoint
 from resnext import ConfigError, WeightsError, create_model
 from resnext.cli import main
 from resnext.config import from_dict
 from resnext.data import DIGITS_CLASSES, Preprocess, build_splits
-from resnext.inference.classes import default_class_names
+from resnext.inference import prepare_evaluation
 from resnext.inference.classifier import Classifier
 from resnext.inference.onnx_model import OnnxModel, load_onnx
 from resnext.weights import export as export_mod
-from resnext.weights import load_checked, load_checkpoint, model_from_checkpoint
-from resnext.weights.modelfile import save_model_file
+from resnext.weights import load_checkpoint, model_from_checkpoint
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -187,11 +187,14 @@ def test_torchvision_to_ours_to_onnx_keeps_torchvision_logits(tmp_path) -> None:
             mod.running_var.uniform_(0.5, 1.5)
             mod.weight.data.uniform_(0.5, 1.5)
             mod.bias.data.normal_(0, 0.2)
-    ours = create_model("resnext50_32x4d")
-    load_checked(ours, tv.state_dict())
+    # The user's path: torchvision's file -> resnext convert (architecture inferred) -> export.
+    torch.save(tv.state_dict(), tmp_path / "resnext50_32x4d-7cdf4587.pth")
     model_file = tmp_path / "tv.safetensors"
-    pre = Preprocess.for_input_size(224).to_dict()
-    save_model_file(model_file, ours, classes=default_class_names(1000), preprocess=pre)
+    assert (
+        main(["convert", str(tmp_path / "resnext50_32x4d-7cdf4587.pth"), "-o", str(model_file)])
+        == 0
+    )
+    assert load_checkpoint(model_file)["arch"] == create_model("resnext50_32x4d").arch.to_dict()
     path = tmp_path / "tv.onnx"
     rc, out = export([str(model_file), "--format", "onnx", "-o", str(path)])
     assert rc == 0 and DIFF.search(out)
@@ -203,6 +206,29 @@ def test_torchvision_to_ours_to_onnx_keeps_torchvision_logits(tmp_path) -> None:
         got = session.run(None, {"images": x.numpy()})[0]
         assert want.std() > 0.1  # logits that differ between classes, not a collapsed net
         assert np.abs(got - want).max() <= 1e-4
+
+
+def test_an_export_never_replaces_its_input(tmp_path, capsys) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "best.pt")
+    before = ckpt.read_bytes()
+    assert main(["export", str(ckpt), "--format", "torchscript", "-o", str(ckpt)]) == 2
+    assert "is the input" in capsys.readouterr().err and ckpt.read_bytes() == before
+
+
+def test_eval_runs_an_onnx_file_on_the_cpu_even_where_auto_would_pick_a_gpu(
+    onnx_export, monkeypatch
+) -> None:
+    ckpt, path, _ = onnx_export
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    ev = prepare_evaluation(path, data={"test_fraction": 0.03})  # device="auto"
+    monkeypatch.undo()
+    assert ev.members[0].classifier.device == torch.device("cpu")
+    assert isinstance(ev.members[0].classifier.model, OnnxModel)
+    report = resnext.evaluate(path, data={"test_fraction": 0.03}, device="cpu")
+    want = resnext.evaluate(ckpt, data={"test_fraction": 0.03}, device="cpu")
+    assert report.final.top1 == want.final.top1
+    assert report.final.loss == pytest.approx(want.final.loss, abs=1e-5)
 
 
 def test_bad_requests_get_clear_errors(tmp_path, capsys, monkeypatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fractions
 from pathlib import Path
 
 import pytest
@@ -93,10 +94,10 @@ def test_corrupt_files_get_clear_errors(tmp_path: Path) -> None:
 
 def test_arbitrary_pickles_are_refused(tmp_path: Path) -> None:
     """weights_only=True: a file holding arbitrary objects is not unpickled."""
-    evil = {"model": tiny().state_dict(), "args": argparse.Namespace(lr=0.1)}
+    evil = {"model": tiny().state_dict(), "args": fractions.Fraction(1, 3)}
     torch.save(evil, tmp_path / "evil.pth")
     with pytest.raises(
-        WeightsError, match=r"\(it holds argparse.Namespace\).*weights_only=True, which refuses"
+        WeightsError, match=r"\(it holds fractions.Fraction\).*weights_only=True, which refuses"
     ):
         read_file(tmp_path / "evil.pth")
 
@@ -142,3 +143,31 @@ def test_a_prefix_only_some_keys_carry_is_kept() -> None:
     state = {"module.conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)}
     assert set(strip_prefixes(state)) == set(state)
     assert set(STATE_DICT_PREFIXES) >= {"module.", "_orig_mod.", "model."}
+
+
+def test_timm_checkpoints_with_their_argparse_namespace_load(tmp_path: Path) -> None:
+    """timm's train.py saves its options as an argparse.Namespace: plain data, allowed."""
+    model = tiny()
+    payload = {"epoch": 3, "state_dict": model.state_dict(), "args": argparse.Namespace(lr=0.1)}
+    torch.save(payload, tmp_path / "checkpoint-3.pth.tar")
+    obj = read_file(tmp_path / "checkpoint-3.pth.tar")
+    assert obj["args"].lr == 0.1
+    load_checked(tiny(), extract_state_dict(obj))
+
+
+def test_a_torchscript_archive_is_named_as_one(tmp_path: Path) -> None:
+    torch.jit.save(torch.jit.trace(tiny().eval(), torch.rand(1, 3, 32, 32)), tmp_path / "m.pt")
+    with pytest.raises(WeightsError, match=r"is a TorchScript archive.*torch\.jit\.load"):
+        read_file(tmp_path / "m.pt")
+
+
+def test_files_from_before_num_batches_tracked_load(tmp_path: Path) -> None:
+    """PyTorch < 0.4.1 saved BN without num_batches_tracked (e.g. torchvision's resnet50
+    file): --weights and model.pretrained take them, counting 0 batches."""
+    from resnext import Classifier
+
+    full = create_model("resnext29_2x4d", num_classes=10).state_dict()
+    state = {k: v for k, v in full.items() if "num_batches" not in k}
+    torch.save(state, tmp_path / "old.pth")
+    clf = Classifier.from_weights("resnext29_2x4d", tmp_path / "old.pth")
+    assert int(clf.model.bn1.num_batches_tracked) == 0

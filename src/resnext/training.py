@@ -32,7 +32,13 @@ from .engine import (
 from .errors import ConfigError, DataError
 from .models import create_model
 from .runtime import check_precision, configure_torch, resolve_device
-from .weights import extract_state_dict, load_checked, load_checkpoint, read_file
+from .weights import (
+    add_num_batches_tracked,
+    extract_state_dict,
+    load_checked,
+    load_checkpoint,
+    read_file,
+)
 
 
 @dataclass
@@ -219,6 +225,7 @@ def _train(
         raise ConfigError(f"model: {e}") from e
     if cfg.model.pretrained is not None and ckpt is None:
         state = extract_state_dict(read_file(cfg.model.pretrained))
+        add_num_batches_tracked(state)  # files saved before PyTorch 0.4.1 have none
         fc = state.get("fc.weight")
         skip = fc is not None and tuple(fc.shape) != tuple(model.fc.weight.shape)
         load_checked(model, state, skip_classifier=skip)

@@ -10,8 +10,10 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..weights import save_checkpoint
+from ..models import Architecture
+from ..weights import model_from_checkpoint, refuse_overwriting, save_checkpoint
 from ..weights.average import average_checkpoints
+from ..weights.modelfile import save_model_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise ConfigError(f"-o {args.output!r} is a folder; give the file to write, e.g. soup.pt")
+    refuse_overwriting(out, args.checkpoints, "the average")
     payload = average_checkpoints(args.checkpoints, ema=args.ema)
     arch = payload["arch"]
-    c, d = arch["cardinality"], arch["bottleneck_width"]
-    name = f"resnet{arch['depth']}" if (c, d) == (1, 64) else f"resnext{arch['depth']}_{c}x{d}d"
+    name = Architecture(**arch).name
     print(
         f"averaged {len(args.checkpoints)} checkpoints of {name} ({arch['num_classes']} classes), "
         "every floating-point tensor (BN running statistics included):"
@@ -53,7 +55,17 @@ def run(args: argparse.Namespace) -> int:
     for name, weights in zip(args.checkpoints, payload["metrics"]["averaged_weights"], strict=True):
         print(f"  {name} ({'EMA' if weights == 'ema' else 'trained'} weights)")
     try:
-        save_checkpoint(out, payload)
+        if out.suffix == ".safetensors":  # a model file (safetensors + JSON), as convert writes
+            model = model_from_checkpoint(payload)
+            save_model_file(
+                out,
+                model,
+                classes=payload["classes"],
+                preprocess=payload["preprocess"],
+                source={"format": "average", "files": payload["metrics"]["averaged_from"]},
+            )
+        else:
+            save_checkpoint(out, payload)
     except OSError as e:
         raise ConfigError(f"cannot write {args.output!r}: {e.strerror or e}") from e
     print(f"wrote {out} (inference only: no optimizer state to resume)")

@@ -67,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError(f"{weights} does not reload to the imported model")  # a bug
     src = imported.source
     print(f"{args.source}: {src.get('format', args.fmt)} -> {arch.name}")
-    print(f"  classes: {arch.num_classes}" + ("" if imported.classes else " (ImageNet-1k names)"))
+    if imported.classes:
+        names = ""
+    else:  # the file names none: default_class_names
+        names = " (ImageNet-1k names)" if arch.num_classes == 1000 else " (named by index)"
+    print(f"  classes: {arch.num_classes}{names}")
     print(f"  preprocessing: {imported.preprocess.describe()}")
     notes = {k: v for k, v in src.items() if k not in ("format", "file") and v is not None}
     if notes:

@@ -13,8 +13,7 @@ from pathlib import Path
 from ..data.preprocess import Preprocess
 from ..errors import WeightsError
 from ..inference.classes import default_class_names
-from ..models import Architecture
-from ..weights import load_checkpoint, model_from_checkpoint, selected_ema
+from ..weights import load_checkpoint, model_from_checkpoint, refuse_overwriting, selected_ema
 from ..weights.export import FORMATS, SUFFIXES, check_output_path, export_model
 from ..weights.modelfile import is_model_file
 
@@ -25,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export",
         help="write a checkpoint as ONNX, TorchScript or safetensors, checked against eager",
         description="Export a checkpoint (or model file) for deployment. The file carries or "
-        "sits beside (NAME.json) its class names and preprocessing, and is read back by its "
-        "runtime and compared with the eager model before it is kept.",
+        "sits beside (NAME.onnx.json, NAME.pt.json) its class names and preprocessing, and is "
+        "read back by its runtime and compared with the eager model before it is kept.",
     )
     p.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="a `resnext train` checkpoint or model file"
@@ -53,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.output, args.format)  # refuse a bad path before loading
+    refuse_overwriting(out, [args.checkpoint], "the export")
     ckpt = load_checkpoint(args.checkpoint)
     use_ema = selected_ema(ckpt) if args.ema is None else args.ema
     model = model_from_checkpoint(ckpt, use_ema=use_ema)
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     )
     shown = ", ".join(json.dumps(c) for c in classes[:3]) + (", ..." if len(classes) > 3 else "")
     print(
-        f"{_model_name(arch)} ({'EMA' if use_ema else 'trained'} weights, block form "
+        f"{arch.name} ({'EMA' if use_ema else 'trained'} weights, block form "
         f"{arch.block_form}), {len(classes)} classes ({shown})"
     )
     print(f"preprocessing: {pre.describe()}, mean {list(pre.mean)}, std {list(pre.std)}")
@@ -87,12 +87,6 @@ def run(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     return 0
-
-
-def _model_name(arch: Architecture) -> str:
-    """The registry-style name: ``resnext50_32x4d``, or ``resnet50`` for C=1, d=64."""
-    c, d = arch.cardinality, arch.bottleneck_width
-    return f"resnet{arch.depth}" if (c, d) == (1, 64) else f"resnext{arch.depth}_{c}x{d}d"
 
 
 def _size(n: int) -> str:

@@ -22,6 +22,7 @@ from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     INTERPOLATIONS,
+    CeilCenterCrop,
     ToRGBImage,
     eval_transform,
 )
@@ -154,17 +155,26 @@ class Preprocess:
 
 class TenCropTransform:
     """Resize like :func:`~resnext.data.transforms.eval_transform`, then torchvision's
-    ``TenCrop``; each crop normalised, stacked into ``(10, C, S, S)``."""
+    ``TenCrop``; each crop normalised, stacked into ``(10, C, S, S)``. With
+    ``crop_offset="ceil"`` the two centre crops (of the image and of its mirror image) sit
+    at fb.resnet.torch's offset, as its ``TenCrop`` puts them."""
 
     def __init__(self, pre: Preprocess) -> None:
         interp = INTERPOLATIONS[pre.interpolation]
         s = pre.image_size
         # Shorter side to the resize (default: the crop), as eval_transform does.
         resize = v2.Resize(pre.eval_resize or s, interp, antialias=True)
-        self.crops = v2.Compose([ToRGBImage(), resize, v2.TenCrop(s)])
+        self.resize = v2.Compose([ToRGBImage(), resize])
+        self.ten = v2.TenCrop(s)
+        self.ceil = CeilCenterCrop(s) if pre.crop_offset == "ceil" else None
         self.finish = v2.Compose(
             [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
         )
 
     def __call__(self, image: Any) -> torch.Tensor:
-        return torch.stack([self.finish(c).as_subclass(torch.Tensor) for c in self.crops(image)])
+        resized = self.resize(image)
+        crops = list(self.ten(resized))  # 4 corners + centre, then the same of the mirror
+        if self.ceil is not None:
+            crops[4] = self.ceil(resized)
+            crops[9] = self.ceil(v2.functional.horizontal_flip(resized))
+        return torch.stack([self.finish(c).as_subclass(torch.Tensor) for c in crops])

@@ -166,7 +166,7 @@ def train_transform(
 class CeilCenterCrop(torch.nn.Module):
     """A centre crop whose offset is ``ceil((W - S) / 2)``, as fb.resnet.torch's
     ``CenterCrop`` computes it; torchvision rounds half to even instead, so the two differ by
-    one pixel where ``W - S`` is odd."""
+    one pixel where the margin ``W - S`` is 1 modulo 4."""
 
     def __init__(self, size: int) -> None:
         super().__init__()

@@ -27,6 +27,7 @@ from ..errors import WeightsError
 from ..models import ResNeXt, create_model, default_input_size, parse_name
 from ..runtime import autocast, check_precision, resolve_device
 from ..weights import (
+    add_num_batches_tracked,
     extract_state_dict,
     load_checked,
     load_checkpoint,
@@ -215,24 +216,26 @@ class Classifier:
     def predict_files(
         self, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64
     ) -> Iterator[FilePrediction]:
-        """Classify image files in batches, in order; a file that cannot be read yields a
-        :class:`FilePrediction` with its ``error`` instead of stopping the rest."""
+        """Classify image files in batches, in the order given; a file that cannot be read
+        yields a :class:`FilePrediction` with its ``error`` instead of stopping the rest."""
         if topk < 1:
             raise ValueError(f"topk must be at least 1, got {topk}")
         for start in range(0, len(paths), batch_size):
-            tensors, done = [], []
+            results, tensors, read = [], [], []
             for path in paths[start : start + batch_size]:
+                result = FilePrediction(str(path))
                 try:
                     tensors.append(self.to_tensor(load_image(path)))
-                    done.append(FilePrediction(str(path)))
+                    read.append(result)
                 except BadImageError as e:
                     # e.reason, not the message: its hint about data.on_bad_file is for datasets.
-                    yield FilePrediction(str(path), error=f"cannot read image: {e.reason}")
+                    result.error = f"cannot read image: {e.reason}"
+                results.append(result)
             if tensors:
                 top = self.topk(self.probabilities(torch.stack(tensors)), topk)
-                for result, preds in zip(done, top, strict=True):
+                for result, preds in zip(read, top, strict=True):
                     result.topk = preds
-                    yield result
+            yield from results
 
     def topk(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """(class name, probability) pairs of the ``k`` largest probabilities of each row."""
@@ -257,6 +260,7 @@ def model_from_weights(
     except ValueError as e:
         raise WeightsError(str(e)) from e
     state = extract_state_dict(read_file(weights_path))
+    add_num_batches_tracked(state)  # files saved before PyTorch 0.4.1 have none
     fc = state.get("fc.weight")
     if fc is None or fc.ndim != 2:
         raise WeightsError(

@@ -190,7 +190,8 @@ def prepare_evaluation(
     paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     dev = resolve_device(device, what="device")
     check_precision(precision, dev)
-    members = _load_members(paths, model, weights, ema, dev, precision)
+    explicit = device not in (None, "auto")
+    members = _load_members(paths, model, weights, ema, dev, precision, explicit)
     data = dict(data or {})
     cfg = _data_config(members[0].data, data)
     raw = build_raw_splits(cfg)
@@ -244,6 +245,7 @@ def _load_members(
     ema: bool | None,
     device: torch.device,
     precision: str,
+    explicit_device: bool = True,
 ) -> list[Member]:
     """Every checkpoint (or the model/weights pair) as a :class:`Member`."""
     if weights is not None or model is not None:
@@ -259,7 +261,9 @@ def _load_members(
     members = []
     for p in paths:
         if Path(p).suffix == ".onnx":  # an exported model: no data section, one set of weights
-            clf = Classifier.from_checkpoint(p, device=device, precision=precision)
+            # onnxruntime runs on the CPU: a device resolved from "auto" is not asked for.
+            onnx_device = device if explicit_device else torch.device("cpu")
+            clf = Classifier.from_checkpoint(p, device=onnx_device, precision=precision)
             members.append(Member(str(p), clf, None))
             continue
         ckpt = load_checkpoint(p)

@@ -18,9 +18,11 @@ from .checkpoint import (
 from .files import (
     STATE_DICT_PREFIXES,
     WRAPPER_KEYS,
+    add_num_batches_tracked,
     extract_state_dict,
     load_checked,
     read_file,
+    refuse_overwriting,
     save_safetensors,
     strip_prefixes,
 )
@@ -30,6 +32,7 @@ __all__ = [
     "STATE_DICT_PREFIXES",
     "WRAPPER_KEYS",
     "WeightsError",
+    "add_num_batches_tracked",
     "atomic_write",
     "copy_checkpoint",
     "extract_state_dict",
@@ -38,6 +41,7 @@ __all__ = [
     "make_checkpoint",
     "model_from_checkpoint",
     "read_file",
+    "refuse_overwriting",
     "save_checkpoint",
     "save_safetensors",
     "selected_ema",

@@ -1,7 +1,8 @@
 """Export: a model as ONNX, TorchScript or a safetensors model file, each checked on the spot.
 
 Every exported file carries (ONNX metadata, TorchScript extra file) or sits beside
-(``NAME.json``, the layout of :mod:`resnext.weights.modelfile`) everything a deployment needs:
+(``NAME.onnx.json``, ``NAME.pt.json``: the layout of :mod:`resnext.weights.modelfile`)
+everything a deployment needs:
 the architecture, the class names and the evaluation preprocessing. Before a file is put in
 place it is read back by its own runtime (onnxruntime, ``torch.jit.load``, ``load_checkpoint``)
 and its logits are compared with the eager model's on random batches of two sizes; a file
@@ -144,7 +145,7 @@ def export_onnx(
     check_batch: int = 2,
 ) -> ExportReport:
     """Write ``path`` (.onnx): input ``images`` (N, C, S, S) with a dynamic batch axis, output
-    ``logits``, our description in ``metadata_props``; and ``NAME.json`` beside it. Checked in
+    ``logits``, our description in ``metadata_props``; and ``NAME.onnx.json`` beside it. Checked in
     onnxruntime (CPU) against the eager model on batches of ``check_batch`` and one more."""
     path = check_output_path(path, "onnx")
     meta = model_description(model, classes=classes, preprocess=preprocess, source=source)

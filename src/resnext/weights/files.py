@@ -6,6 +6,7 @@ Files a user hands us are never fully unpickled: ``.pt``/``.pth`` go through
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import re
 import zipfile
@@ -53,8 +54,16 @@ def read_file(path: str | Path) -> dict:
             f"{str(p)!r} is not a PyTorch (.pt/.pth) or .safetensors weights file; give a "
             "checkpoint written by `resnext train` or a saved state dict"
         )
+    if head.startswith(b"PK\x03\x04") and _is_torchscript(p):
+        raise WeightsError(
+            f"{str(p)!r} is a TorchScript archive (e.g. from resnext export --format "
+            "torchscript): load it with torch.jit.load; resnext commands take the checkpoint, "
+            "the .safetensors model file or the .onnx export"
+        )
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        # timm's train.py stores its argparse.Namespace of options: plain data, allowed.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         what = f" (it holds {found[1]})" if found else ""
@@ -70,6 +79,16 @@ def read_file(path: str | Path) -> dict:
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{str(p)!r} holds a {type(obj).__name__}, not a state dict")
     return dict(obj)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """torch.jit.save writes code/ and constants.pkl into its zip; torch.save does not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except zipfile.BadZipFile:
+        return False
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
 def extract_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
@@ -100,6 +119,31 @@ def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
                 state = {k[len(prefix) :]: v for k, v in state.items()}
                 stripped = True
     return state
+
+
+def add_num_batches_tracked(state: dict[str, torch.Tensor]) -> int:
+    """Give every BN that has running statistics but no ``num_batches_tracked`` (files saved
+    before PyTorch 0.4.1) a zero count, as ``load_state_dict`` would; returns how many."""
+    added = 0
+    for k in list(state):
+        if k.endswith(".running_mean"):
+            name = k[: -len("running_mean")] + "num_batches_tracked"
+            if name not in state:
+                state[name] = torch.tensor(0, dtype=torch.long)
+                added += 1
+    return added
+
+
+def refuse_overwriting(output: str | Path, inputs: list[str | Path], what: str) -> None:
+    """An output that is one of the inputs would be replaced by something else (a training
+    checkpoint by an export, say): refuse it before any work."""
+    out = Path(output)
+    for item in inputs:
+        if out.exists() and Path(item).exists() and out.samefile(item):
+            raise WeightsError(
+                f"-o {str(output)!r} is the input {str(item)!r}: {what} would replace it; "
+                "write to another file"
+            )
 
 
 def load_checked(

@@ -87,11 +87,15 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
         raise WeightsError(
             f"{str(side)!r} is not a resnext model description (format {MODEL_FORMAT!r})"
         )
-    if meta.get("version", 0) > VERSION:
-        raise WeightsError(f"{str(side)!r} was written by a newer resnext; upgrade the package")
     missing = [k for k in ("arch", "classes", "preprocess") if not meta.get(k)]
     if missing:
         raise WeightsError(f"{str(side)!r} lacks {', '.join(missing)}")
+    kinds = {"version": int, "arch": dict, "classes": list, "preprocess": dict}
+    wrong = [k for k, kind in kinds.items() if not isinstance(meta.get(k), kind)]
+    if wrong:
+        raise WeightsError(f"{str(side)!r}: {', '.join(wrong)} of the wrong type")
+    if meta["version"] > VERSION:
+        raise WeightsError(f"{str(side)!r} was written by a newer resnext; upgrade the package")
     state = read_file(p)
     return {
         "format": CHECKPOINT_FORMAT,

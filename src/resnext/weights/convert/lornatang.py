@@ -33,9 +33,9 @@ import torch
 from ...data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ...errors import WeightsError
 from ...models import ResNeXt
-from ..files import load_checked, read_file, strip_prefixes
+from ..files import add_num_batches_tracked, load_checked, read_file, strip_prefixes
 from .base import Imported
-from .state_dict import add_num_batches_tracked, infer_architecture
+from .state_dict import infer_architecture
 
 # Their evaluation (test.py -> dataset.ImageDataset, mode "Test"): cv2 read, BGR -> RGB, PIL
 # image, transforms.Resize(256) (PIL bilinear), CenterCrop(224) (torchvision's rounded offset),

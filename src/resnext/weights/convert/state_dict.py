@@ -21,7 +21,13 @@ from ...data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from ...errors import WeightsError
 from ...models import ResNeXt, create_model
 from ...models.resnext import CIFAR_DEPTHS, CIFAR_WIDTHS, IMAGENET_DEPTHS, IMAGENET_WIDTHS
-from ..files import WRAPPER_KEYS, extract_state_dict, load_checked, read_file
+from ..files import (
+    WRAPPER_KEYS,
+    add_num_batches_tracked,
+    extract_state_dict,
+    load_checked,
+    read_file,
+)
 from .base import Imported
 
 #: Checkpoint entries holding EMA weights, tried in this order: ours and timm's ModelEmaV2
@@ -192,6 +198,10 @@ def infer_architecture(state: Mapping[str, Tensor]) -> dict[str, Any]:
             f"a {family}-family ResNeXt with {counts} blocks per stage, which matches no depth "
             f"this package builds ({known})"
         )
+    missing = [f"layer{s + 1}.0.bn3.weight" for s in range(len(counts))]
+    missing = [k for k in missing if k not in state]
+    if missing:
+        raise _not_resnext(state, f"no {missing[0]} (a bottleneck without its last BN)")
     widths = tuple(int(state[f"layer{s + 1}.0.bn3.weight"].shape[0]) for s in range(len(counts)))
     paper = IMAGENET_WIDTHS if family == "imagenet" else CIFAR_WIDTHS
     arch: dict[str, Any] = {
@@ -237,19 +247,6 @@ def mismatches(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> str:
     if shapes:
         out.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:4])})")
     return "; ".join(out)
-
-
-def add_num_batches_tracked(state: dict[str, Tensor]) -> int:
-    """Give every BN that has running statistics but no ``num_batches_tracked`` (files saved
-    before PyTorch 0.4.1) a zero count, as ``load_state_dict`` would; returns how many."""
-    added = 0
-    for k in list(state):
-        if k.endswith(".running_mean"):
-            name = k[: -len("running_mean")] + "num_batches_tracked"
-            if name not in state:
-                state[name] = torch.tensor(0, dtype=torch.long)
-                added += 1
-    return added
 
 
 def unwrap(entry: Mapping[str, Any], file: str) -> tuple[dict[str, Tensor], int | None]:
