@@ -48,13 +48,7 @@ FAST = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    """`resnext train` sets process-wide torch flags; give the next test what it had."""
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
 
 def _draw(name: str, rng: np.random.Generator, size: int = 64) -> Image.Image:

@@ -34,13 +34,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    """`resnext train` sets process-wide torch flags; give the next test what it had."""
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
 
 def _train(tmp: Path, *extra: str, name: str = "r") -> int:

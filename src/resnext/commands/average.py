@@ -14,6 +14,7 @@ from ..models import Architecture
 from ..weights import model_from_checkpoint, refuse_overwriting, save_checkpoint
 from ..weights.average import average_checkpoints
 from ..weights.modelfile import save_model_file
+from .common import add_ema_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,16 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more checkpoints")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint to write")
-    ema = p.add_mutually_exclusive_group()
-    ema.add_argument(
-        "--ema",
-        action="store_true",
-        default=None,
-        help="average every file's EMA weights (default: the weights each run selected)",
-    )
-    ema.add_argument(
-        "--no-ema", dest="ema", action="store_false", help="average the trained (non-EMA) weights"
-    )
+    add_ema_options(p, "average")
     p.set_defaults(run=run)
 
 

@@ -27,16 +27,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     """--model/--weights, --ema/--no-ema, --precision, --device, --no-progress."""
     p.add_argument("--model", help="registry name for --weights, e.g. resnext50_32x4d")
     p.add_argument("--weights", help="a plain state dict (.pth/.safetensors) for --model")
-    ema = p.add_mutually_exclusive_group()
-    ema.add_argument(
-        "--ema",
-        action="store_true",
-        default=None,
-        help="use the EMA weights (default: the weights the training run selected and tested)",
-    )
-    ema.add_argument(
-        "--no-ema", dest="ema", action="store_false", help="use the trained (non-EMA) weights"
-    )
+    add_ema_options(p, "use")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -45,3 +36,17 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_ema_options(p: argparse.ArgumentParser, verb: str) -> None:
+    """--ema / --no-ema (``args.ema`` None = the weights each training run selected)."""
+    ema = p.add_mutually_exclusive_group()
+    ema.add_argument(
+        "--ema",
+        action="store_true",
+        default=None,
+        help=f"{verb} the EMA weights (default: the weights the training run selected)",
+    )
+    ema.add_argument(
+        "--no-ema", dest="ema", action="store_false", help=f"{verb} the trained (non-EMA) weights"
+    )

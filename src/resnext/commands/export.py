@@ -16,6 +16,7 @@ from ..inference.classes import default_class_names
 from ..weights import load_checkpoint, model_from_checkpoint, refuse_overwriting, selected_ema
 from ..weights.export import FORMATS, SUFFIXES, check_output_path, export_model
 from ..weights.modelfile import is_model_file
+from .common import add_ema_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,16 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o", "--output", required=True, metavar="OUT", help=f"file to write ({endings})"
     )
-    ema = p.add_mutually_exclusive_group()
-    ema.add_argument(
-        "--ema",
-        action="store_true",
-        default=None,
-        help="export the EMA weights (default: the weights the training run selected and tested)",
-    )
-    ema.add_argument(
-        "--no-ema", dest="ema", action="store_false", help="export the trained (non-EMA) weights"
-    )
+    add_ema_options(p, "export")
     p.add_argument(
         "--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's, 20)"
     )
