@@ -14,7 +14,17 @@ import sys
 
 from .errors import ResnextError
 
-COMMANDS = ("models", "complexity", "train", "eval", "predict", "convert", "export", "average")
+COMMANDS = (
+    "models",
+    "complexity",
+    "train",
+    "eval",
+    "predict",
+    "convert",
+    "export",
+    "average",
+    "bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

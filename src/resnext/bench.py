@@ -1,0 +1,241 @@
+"""Throughput of every inference and training path this device supports, in one run.
+
+``resnext bench`` prints, for each model, images per second of our eager model in NCHW and
+channels_last layouts at each precision the device runs natively, onnxruntime on the same
+weights, torchvision's model on its default path (the reference of the ``vs ref`` column)
+and a training step; each the median of several timed repeats, with the fraction of this
+device's measured matmul ceiling it reaches and the peak memory it took. Ratios are what
+carry between machines: absolute numbers belong to the CPU named in the header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import create_model, default_input_size, measure
+from .runtime import autocast, cpu_has_native_bf16
+
+
+@dataclass
+class BenchRow:
+    """One measured path of one model."""
+
+    model: str
+    path: str  # e.g. "ours eager channels_last"
+    precision: str
+    batch: int
+    img_per_s: float
+    flops_per_image: float  # multiply-adds x 2 (x 3 for a training step)
+    peak_mb: float | None  # peak memory while this path ran (process RSS on CPU)
+    reference: bool = False  # the row others are compared with
+
+    @property
+    def seconds_per_batch(self) -> float:
+        return self.batch / self.img_per_s
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the flags that decide the fast path."""
+    name, flags = platform.processor() or "unknown CPU", set()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and name in ("", "unknown CPU", platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(shown) or 'no AVX2'})"
+
+
+def median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
+    """The median wall time of ``repeat`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, repeat: int = 5) -> float:
+    """FLOP/s of dense math on ``device``: the best of a large square matmul and the same
+    product as a 1x1 convolution in channels_last (oneDNN's kernels; on AMD CPUs torch's
+    matmul may take a slower path than its convolutions, so the matmul alone understates)."""
+    n = 1024 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    with torch.inference_mode():
+        best = 2 * n**3 / median_seconds(lambda: _sync(device, a @ b), repeat)
+        conv = nn.Conv2d(n, n, 1, bias=False).to(device, dtype)
+        conv = conv.to(memory_format=torch.channels_last)
+        x = torch.randn(1, n, 64, 64, device=device, dtype=dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        seconds = median_seconds(lambda: _sync(device, conv(x)), repeat)
+    return max(best, 2 * n * n * 64 * 64 / seconds)
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[list[float]]:
+    """Yields a list that holds, after the block, the peak memory in MB it used: CUDA's
+    peak allocation, or on Linux the process's peak RSS (reset before the block)."""
+    out: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield out
+        out.append(torch.cuda.max_memory_allocated(device) / 2**20)
+        return
+    try:  # writing 5 to clear_refs resets VmHWM, the peak resident set size
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        can = True
+    except OSError:
+        can = False
+    yield out
+    if can:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    out.append(int(line.split()[1]) / 1024)
+
+
+def _sync(device: torch.device, value: object = None) -> object:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return value
+
+
+def precisions(device: torch.device) -> list[str]:
+    """The precisions this device computes natively (fp32 always)."""
+    if device.type == "cuda":
+        return ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
+    return ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+
+
+def bench_model(
+    name: str,
+    *,
+    batch: int,
+    repeat: int,
+    device: torch.device,
+    onnx: bool = True,
+    train: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> list[BenchRow]:
+    """Every path of one registry model (random weights, eval-mode BN for inference)."""
+    torch.manual_seed(0)
+    size = default_input_size(name)
+    model = create_model(name).eval().to(device)
+    macs = measure(model.cpu(), size).flops
+    model.to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    xc = x.contiguous(memory_format=torch.channels_last)  # made outside inference mode
+    rows: list[BenchRow] = []
+
+    def run(path: str, precision: str, fn: Callable[[], object], flops: float, ref=False):
+        log(f"  {name}: {path} {precision}")
+        with peak_memory(device) as peak:
+            seconds = median_seconds(lambda: _sync(device, fn()), repeat)
+        rows.append(
+            BenchRow(
+                name,
+                path,
+                precision,
+                batch,
+                batch / seconds,
+                flops,
+                peak[0] if peak else None,
+                ref,
+            )
+        )
+
+    reference = _torchvision(name)
+    with torch.inference_mode():
+        if reference is not None:
+            tv = reference.eval().to(device)
+            tv.load_state_dict(model.state_dict())
+            run("torchvision eager nchw", "fp32", lambda: tv(x), 2 * macs, ref=True)
+            del tv
+        run("ours eager nchw", "fp32", lambda: model(x), 2 * macs, ref=reference is None)
+        cl = model.to(memory_format=torch.channels_last)
+        for precision in precisions(device):
+            run(
+                "ours eager channels_last",
+                precision,
+                lambda p=precision: _autocast_call(cl, xc, device, p),
+                2 * macs,
+            )
+    if onnx and device.type == "cpu":
+        session = _onnx_session(cl.to(memory_format=torch.contiguous_format), size)
+        if session is not None:
+            xn = x.cpu().numpy()
+            run("onnxruntime", "fp32", lambda: session.run(None, {"images": xn}), 2 * macs)
+    if train:
+        run("ours train step channels_last", "fp32", _train_step(model, xc, device), 6 * macs)
+    return rows
+
+
+def _autocast_call(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str):
+    with autocast(device, precision):
+        return model(x)
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, device: torch.device) -> Callable[[], None]:
+    """Forward, backward and an SGD step in train mode (BN batch statistics)."""
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    y = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def _torchvision(name: str) -> nn.Module | None:
+    """torchvision's model of the same name (same parameter names), where it has one."""
+    import torchvision
+
+    builder = getattr(torchvision.models, name, None)
+    return builder(weights=None) if builder is not None else None
+
+
+def _onnx_session(model: nn.Module, size: int):
+    """An onnxruntime session of ``model`` (exported to a temporary file), or None where
+    onnx/onnxruntime are not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.onnx"
+        x = torch.randn(1, 3, size, size)
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            torch.onnx.export(
+                model.eval(),
+                (x,),
+                str(path),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
