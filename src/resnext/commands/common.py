@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..inference.backends import BACKENDS
 from ..runtime import PRECISIONS
 
 
@@ -28,6 +29,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="registry name for --weights, e.g. resnext50_32x4d")
     p.add_argument("--weights", help="a plain state dict (.pth/.safetensors) for --model")
     add_ema_options(p, "use")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="eager",
+        help="eager (PyTorch) or onnxruntime (the weights exported once, cached, fp32, CPU)",
+    )
     p.add_argument(
         "--precision",
         choices=PRECISIONS,

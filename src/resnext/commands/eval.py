@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         resize=args.resize,
         ema=args.ema,
         precision=args.precision,
+        backend=args.backend,
         device=args.device,
         batch_size=args.batch_size,
         workers=args.workers,

@@ -71,7 +71,11 @@ def load_classifier(args: argparse.Namespace) -> tuple[Classifier, list[str]]:
         if not (args.weights and args.model):
             raise ConfigError("--model and --weights go together: a registry name and a state dict")
         clf = Classifier.from_weights(
-            args.model, args.weights, device=args.device, precision=args.precision
+            args.model,
+            args.weights,
+            device=args.device,
+            precision=args.precision,
+            backend=args.backend,
         )
         return clf, list(args.inputs)
     if len(args.inputs) < 2:
@@ -80,7 +84,11 @@ def load_classifier(args: argparse.Namespace) -> tuple[Classifier, list[str]]:
             "resnext predict CHECKPOINT IMAGE_OR_FOLDER [...]"
         )
     clf = Classifier.from_checkpoint(
-        args.inputs[0], use_ema=args.ema, device=args.device, precision=args.precision
+        args.inputs[0],
+        use_ema=args.ema,
+        device=args.device,
+        precision=args.precision,
+        backend=args.backend,
     )
     return clf, list(args.inputs[1:])
 

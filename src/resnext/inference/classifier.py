@@ -35,6 +35,7 @@ from ..weights import (
     read_file,
     selected_ema,
 )
+from .backends import make_backend
 from .classes import default_class_names
 
 ImageInput = str | Path | Image.Image | torch.Tensor
@@ -66,6 +67,7 @@ class Classifier:
         preprocess: Preprocess,
         device: str | torch.device | None = None,
         precision: str = "fp32",
+        backend: str = "eager",
     ) -> None:
         self.device = resolve_device(device)
         check_precision(precision, self.device)
@@ -73,6 +75,16 @@ class Classifier:
         self.classes = list(classes)
         self.preprocess = preprocess
         self.precision = precision
+        self.backend = backend
+        # What runs a batch: the model itself (eager), or its cached ONNX export (onnxruntime).
+        self.runner = make_backend(
+            self.model,
+            backend,
+            classes=self.classes,
+            preprocess=preprocess,
+            device=self.device,
+            precision=precision,
+        )
         self._transform = preprocess.transform()
         num_out = _num_outputs(model)
         if num_out is not None and num_out != len(self.classes):
@@ -87,6 +99,7 @@ class Classifier:
         use_ema: bool | None = None,
         device: str | torch.device | None = None,
         precision: str = "fp32",
+        backend: str = "eager",
     ) -> Classifier:
         """Load a ``resnext train`` checkpoint, a model file (``.safetensors`` with its JSON,
         from ``resnext convert``/``export``) or an exported ``.onnx`` file (run in
@@ -106,7 +119,12 @@ class Classifier:
             onnx_device = "cpu" if device in (None, "auto") else device
             return cls(*load_onnx(path), device=onnx_device, precision=precision)
         return cls.from_checkpoint_dict(
-            load_checkpoint(path), use_ema=use_ema, device=device, precision=precision, path=path
+            load_checkpoint(path),
+            use_ema=use_ema,
+            device=device,
+            precision=precision,
+            path=path,
+            backend=backend,
         )
 
     @classmethod
@@ -117,6 +135,7 @@ class Classifier:
         device: str | torch.device | None = None,
         precision: str = "fp32",
         path: str | Path = "the checkpoint",
+        backend: str = "eager",
     ) -> Classifier:
         """As :meth:`from_checkpoint`, for a checkpoint already read with ``load_checkpoint``."""
         if use_ema is None:
@@ -130,7 +149,7 @@ class Classifier:
                 "is unknown; load it with Classifier.from_weights and give preprocess="
             )
         pre = Preprocess.from_dict(ckpt["preprocess"])
-        return cls(model, classes, pre, device=device, precision=precision)
+        return cls(model, classes, pre, device=device, precision=precision, backend=backend)
 
     @classmethod
     def from_weights(
@@ -141,6 +160,7 @@ class Classifier:
         preprocess: Preprocess | Mapping[str, Any] | None = None,
         device: str | torch.device | None = None,
         precision: str = "fp32",
+        backend: str = "eager",
     ) -> Classifier:
         """A registry model (e.g. ``resnext50_32x4d``) with a plain state dict loaded, every key
         and shape checked. The class count is read from the file's ``fc.weight``; without
@@ -151,6 +171,7 @@ class Classifier:
             *model_from_weights(name, weights_path, classes, preprocess),
             device=device,
             precision=precision,
+            backend=backend,
         )
 
     @property
@@ -204,7 +225,7 @@ class Classifier:
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax of the model on an already preprocessed ``(N, C, S, S)`` batch (CPU)."""
         with autocast(self.device, self.precision):
-            logits = self.model(batch.to(self.device))
+            logits = self.runner(batch.to(self.device))
         return logits.float().softmax(dim=1).cpu()
 
     def predict(

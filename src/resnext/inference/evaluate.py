@@ -89,14 +89,14 @@ class Evaluation:
         for m, p in zip(self.members, self.preprocess, strict=True):
             lines.append(
                 f"{m.name}: {p.describe().replace('crop', mode, 1)}, {self.precision}, "
-                f"{'EMA' if m.ema else 'trained'} weights"
+                f"{'EMA' if m.ema else 'trained'} weights, {m.classifier.backend} back-end"
             )
         return lines
 
     def run(self, progress: bool = False) -> EvalReport:
         """Evaluate every member and (for several) their ensemble in one pass."""
         report = run_metrics(
-            [m.classifier.model for m in self.members],
+            [m.classifier.runner for m in self.members],
             self.loader,
             len(self.classes),
             names=[m.name for m in self.members],
@@ -108,6 +108,7 @@ class Evaluation:
             "dataset": {"name": self.data.name, "root": self.data.root, "split": self.split},
             "classes": list(self.classes),
             "mode": {"ten_crop": self.ten_crop, "precision": self.precision},
+            "backends": [m.classifier.backend for m in self.members],
             "members": [
                 {"name": m.name, "preprocess": p.to_dict(), "ema": m.ema}
                 for m, p in zip(self.members, self.preprocess, strict=True)
@@ -128,6 +129,7 @@ def evaluate(
     resize: int | None = None,
     ema: bool | None = None,
     precision: str = "fp32",
+    backend: str = "eager",
     device: str | torch.device | None = "auto",
     batch_size: int = 128,
     workers: int | None = None,
@@ -147,6 +149,7 @@ def evaluate(
         resize=resize,
         ema=ema,
         precision=precision,
+        backend=backend,
         device=device,
         batch_size=batch_size,
         workers=workers,
@@ -165,6 +168,7 @@ def prepare_evaluation(
     resize: int | None = None,
     ema: bool | None = None,
     precision: str = "fp32",
+    backend: str = "eager",
     device: str | torch.device | None = "auto",
     batch_size: int = 128,
     workers: int | None = None,
@@ -180,7 +184,8 @@ def prepare_evaluation(
         split: ``test`` or ``val``. ten_crop: the 10-crop test. crop / resize: another test
             crop (``crop`` alone keeps the resize/crop ratio).
         ema: True/False = the EMA / trained weights; None = what training selected.
-        precision: ``fp32``, ``bf16`` or ``fp16``. workers: DataLoader workers (default:
+        precision: ``fp32``, ``bf16`` or ``fp16``. backend: ``eager`` or ``onnxruntime``
+            (:mod:`resnext.inference.backends`). workers: DataLoader workers (default:
             ``data.num_workers``).
     """
     if split not in ("test", "val"):
@@ -191,7 +196,7 @@ def prepare_evaluation(
     dev = resolve_device(device, what="device")
     check_precision(precision, dev)
     explicit = device not in (None, "auto")
-    members = _load_members(paths, model, weights, ema, dev, precision, explicit)
+    members = _load_members(paths, model, weights, ema, dev, precision, explicit, backend)
     data = dict(data or {})
     cfg = _data_config(members[0].data, data)
     raw = build_raw_splits(cfg)
@@ -246,6 +251,7 @@ def _load_members(
     device: torch.device,
     precision: str,
     explicit_device: bool = True,
+    backend: str = "eager",
 ) -> list[Member]:
     """Every checkpoint (or the model/weights pair) as a :class:`Member`."""
     if weights is not None or model is not None:
@@ -254,7 +260,7 @@ def _load_members(
         if paths:
             raise ConfigError("give either checkpoints or a model with weights, not both")
         net, classes, pre = model_from_weights(model, weights)
-        clf = Classifier(net, classes, pre, device=device, precision=precision)
+        clf = Classifier(net, classes, pre, device=device, precision=precision, backend=backend)
         return [Member(f"{model} ({Path(weights).name})", clf, None)]
     if not paths:
         raise ConfigError("give a checkpoint to evaluate (or a model name with weights)")
@@ -269,7 +275,7 @@ def _load_members(
         ckpt = load_checkpoint(p)
         use_ema = selected_ema(ckpt) if ema is None else ema
         clf = Classifier.from_checkpoint_dict(
-            ckpt, use_ema=use_ema, device=device, precision=precision, path=p
+            ckpt, use_ema=use_ema, device=device, precision=precision, path=p, backend=backend
         )
         members.append(Member(str(p), clf, (ckpt.get("config") or {}).get("data"), use_ema))
     _check_same_dataset(members)

@@ -1,0 +1,81 @@
+"""Inference back-ends behind one interface: a module that maps a preprocessed batch to
+logits. ``eager`` is the PyTorch model itself; ``onnxruntime`` is the same weights exported
+to ONNX once (checked against eager by :func:`~resnext.weights.export.export_onnx`) and run in
+onnxruntime, the export cached by a hash of the architecture and weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.preprocess import Preprocess
+from ..errors import ConfigError
+
+BACKENDS = ("eager", "onnxruntime")
+
+
+def cache_dir() -> Path:
+    """Where exports made for the onnxruntime back-end are kept: ``$RESNEXT_CACHE/onnx``, or
+    ``$XDG_CACHE_HOME/resnext/onnx`` (default ``~/.cache/resnext/onnx``)."""
+    root = os.environ.get("RESNEXT_CACHE")
+    if root:
+        return Path(root) / "onnx"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "resnext" / "onnx"
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A hash of the architecture record and every tensor (name, shape, dtype, bytes)."""
+    h = hashlib.sha256()
+    arch = getattr(model, "arch", None)
+    h.update(json.dumps(arch.to_dict() if arch is not None else None, sort_keys=True).encode())
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def make_backend(
+    model: nn.Module,
+    name: str,
+    *,
+    classes: list[str],
+    preprocess: Preprocess,
+    device: torch.device,
+    precision: str,
+) -> nn.Module:
+    """The module that runs ``model`` on back-end ``name`` (refused where it cannot run)."""
+    if name not in BACKENDS:
+        raise ConfigError(f"back-end must be one of {', '.join(BACKENDS)}, got {name!r}")
+    from .onnx_model import OnnxModel
+
+    if name == "eager" or isinstance(model, OnnxModel):
+        return model
+    if device.type != "cpu":
+        raise ConfigError(f"the onnxruntime back-end runs on the CPU here, not {device}")
+    if precision != "fp32":
+        raise ConfigError(
+            f"the onnxruntime back-end runs the fp32 export; precision {precision} runs eager "
+            "(--backend eager)"
+        )
+    from ..weights.export import export_onnx
+
+    folder = cache_dir()
+    arch = getattr(model, "arch", None)
+    stem = arch.name if arch is not None else "model"
+    path = folder / f"{stem}-{weights_digest(model)[:20]}.onnx"
+    if not path.is_file():
+        export_onnx(
+            model.eval(),
+            path,
+            classes=classes,
+            preprocess=preprocess,
+            source={"format": "onnxruntime back-end cache"},
+        )
+    return OnnxModel(path)

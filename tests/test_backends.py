@@ -1,0 +1,67 @@
+"""The onnxruntime back-end: the same weights exported once (cached by their hash), the same
+predictions and evaluation as eager within float rounding; refused where it cannot run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import tiny_checkpoint
+from resnext import Classifier
+from resnext.cli import main
+from resnext.errors import ConfigError
+from resnext.inference.backends import weights_digest
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RESNEXT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def test_onnxruntime_predicts_what_eager_predicts_and_exports_once(tmp_path: Path, _cache) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", seed=4)
+    eager = Classifier.from_checkpoint(ckpt, device="cpu")
+    ort = Classifier.from_checkpoint(ckpt, device="cpu", backend="onnxruntime")
+    (cached,) = list(_cache.glob("*.onnx"))
+    assert cached.name.startswith("resnext29_2x4d-") and ort.backend == "onnxruntime"
+    x = torch.rand(5, 3, 32, 32)
+    a, b = eager.predict_proba(list(x)), ort.predict_proba(list(x))
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    assert torch.equal(a.argmax(1), b.argmax(1))
+    stamp = cached.stat().st_mtime_ns
+    Classifier.from_checkpoint(ckpt, device="cpu", backend="onnxruntime")  # same weights
+    assert cached.stat().st_mtime_ns == stamp and len(list(_cache.glob("*.onnx"))) == 1
+    other = tiny_checkpoint(tmp_path / "d.pt", seed=5)  # other weights: another export
+    Classifier.from_checkpoint(other, device="cpu", backend="onnxruntime")
+    assert len(list(_cache.glob("*.onnx"))) == 2
+    assert weights_digest(eager.model) != weights_digest(
+        Classifier.from_checkpoint(other, device="cpu").model
+    )
+
+
+def test_eval_with_onnxruntime_reports_eagers_numbers(tmp_path: Path, capsys) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", seed=4)
+    results = {}
+    for backend in ("eager", "onnxruntime"):
+        out = tmp_path / f"{backend}.json"
+        argv = ["eval", str(ckpt), "data.test_fraction=0.03", "--backend", backend]
+        assert main([*argv, "--no-progress", "--json", str(out)]) == 0
+        assert f"{backend} back-end" in capsys.readouterr().out
+        results[backend] = json.loads(out.read_text())
+    e, o = results["eager"]["members"][0], results["onnxruntime"]["members"][0]
+    assert o["top1"] == e["top1"] and o["loss"] == pytest.approx(e["loss"], abs=1e-5)
+    assert results["onnxruntime"]["backends"] == ["onnxruntime"]
+
+
+def test_onnxruntime_refuses_what_it_cannot_run(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")
+    with pytest.raises(ConfigError, match="precision bf16 runs eager"):
+        Classifier.from_checkpoint(ckpt, device="cpu", precision="bf16", backend="onnxruntime")
+    with pytest.raises(ConfigError, match="back-end must be one of eager, onnxruntime"):
+        Classifier.from_checkpoint(ckpt, device="cpu", backend="tensorrt")
