@@ -15,6 +15,12 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The onnxruntime back-end's exports go to a folder of this test session, not ~/.cache."""
+    os.environ["RESNEXT_CACHE"] = str(tmp_path_factory.mktemp("resnext-cache"))
+
+
 @pytest.fixture
 def restore_torch_globals():
     """`resnext train` sets process-wide torch flags; give the next test what it had."""

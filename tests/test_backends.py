@@ -63,5 +63,5 @@ def test_onnxruntime_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path / "c.pt")
     with pytest.raises(ConfigError, match="precision bf16 runs eager"):
         Classifier.from_checkpoint(ckpt, device="cpu", precision="bf16", backend="onnxruntime")
-    with pytest.raises(ConfigError, match="back-end must be one of eager, onnxruntime"):
+    with pytest.raises(ConfigError, match="back-end must be one of auto, eager, onnxruntime"):
         Classifier.from_checkpoint(ckpt, device="cpu", backend="tensorrt")

@@ -81,9 +81,9 @@ def test_onnx_export_matches_eager_in_onnxruntime_at_two_batch_sizes(onnx_export
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,), (outp,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, outp.name) == ("images", "logits")
-    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 32, 32]  # dynamic batch
-    for n in (1, 5):
-        x, want = eager(ckpt, n)
+    assert inp.shape == ["batch", 3, "height", "width"]  # dynamic batch and image size
+    for n, size in ((1, 32), (5, 32), (2, 40)):  # 40: another test crop, the same file
+        x, want = eager(ckpt, n, size)
         got = session.run(None, {"images": x.numpy()})[0]
         assert got.shape == (n, 10)
         assert np.abs(got - want.numpy()).max() <= 1e-4

@@ -32,8 +32,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         choices=BACKENDS,
-        default="eager",
-        help="eager (PyTorch) or onnxruntime (the weights exported once, cached, fp32, CPU)",
+        default="auto",
+        help="auto (onnxruntime for fp32 on the CPU where installed, else eager), eager "
+        "(PyTorch), or onnxruntime (the weights exported once, cached; fp32, CPU)",
     )
     p.add_argument(
         "--precision",

@@ -67,7 +67,7 @@ class Classifier:
         preprocess: Preprocess,
         device: str | torch.device | None = None,
         precision: str = "fp32",
-        backend: str = "eager",
+        backend: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
         check_precision(precision, self.device)
@@ -75,9 +75,8 @@ class Classifier:
         self.classes = list(classes)
         self.preprocess = preprocess
         self.precision = precision
-        self.backend = backend
         # What runs a batch: the model itself (eager), or its cached ONNX export (onnxruntime).
-        self.runner = make_backend(
+        self.runner, self.backend = make_backend(
             self.model,
             backend,
             classes=self.classes,
@@ -99,7 +98,7 @@ class Classifier:
         use_ema: bool | None = None,
         device: str | torch.device | None = None,
         precision: str = "fp32",
-        backend: str = "eager",
+        backend: str = "auto",
     ) -> Classifier:
         """Load a ``resnext train`` checkpoint, a model file (``.safetensors`` with its JSON,
         from ``resnext convert``/``export``) or an exported ``.onnx`` file (run in
@@ -135,7 +134,7 @@ class Classifier:
         device: str | torch.device | None = None,
         precision: str = "fp32",
         path: str | Path = "the checkpoint",
-        backend: str = "eager",
+        backend: str = "auto",
     ) -> Classifier:
         """As :meth:`from_checkpoint`, for a checkpoint already read with ``load_checkpoint``."""
         if use_ema is None:
@@ -160,7 +159,7 @@ class Classifier:
         preprocess: Preprocess | Mapping[str, Any] | None = None,
         device: str | torch.device | None = None,
         precision: str = "fp32",
-        backend: str = "eager",
+        backend: str = "auto",
     ) -> Classifier:
         """A registry model (e.g. ``resnext50_32x4d``) with a plain state dict loaded, every key
         and shape checked. The class count is read from the file's ``fc.weight``; without

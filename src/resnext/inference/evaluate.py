@@ -129,7 +129,7 @@ def evaluate(
     resize: int | None = None,
     ema: bool | None = None,
     precision: str = "fp32",
-    backend: str = "eager",
+    backend: str = "auto",
     device: str | torch.device | None = "auto",
     batch_size: int = 128,
     workers: int | None = None,
@@ -168,7 +168,7 @@ def prepare_evaluation(
     resize: int | None = None,
     ema: bool | None = None,
     precision: str = "fp32",
-    backend: str = "eager",
+    backend: str = "auto",
     device: str | torch.device | None = "auto",
     batch_size: int = 128,
     workers: int | None = None,
@@ -184,9 +184,9 @@ def prepare_evaluation(
         split: ``test`` or ``val``. ten_crop: the 10-crop test. crop / resize: another test
             crop (``crop`` alone keeps the resize/crop ratio).
         ema: True/False = the EMA / trained weights; None = what training selected.
-        precision: ``fp32``, ``bf16`` or ``fp16``. backend: ``eager`` or ``onnxruntime``
-            (:mod:`resnext.inference.backends`). workers: DataLoader workers (default:
-            ``data.num_workers``).
+        precision: ``fp32``, ``bf16`` or ``fp16``. backend: ``auto`` (the default),
+            ``eager`` or ``onnxruntime`` (:mod:`resnext.inference.backends`). workers:
+            DataLoader workers (default: ``data.num_workers``).
     """
     if split not in ("test", "val"):
         raise ConfigError(f"split must be test or val, got {split!r}")
@@ -251,7 +251,7 @@ def _load_members(
     device: torch.device,
     precision: str,
     explicit_device: bool = True,
-    backend: str = "eager",
+    backend: str = "auto",
 ) -> list[Member]:
     """Every checkpoint (or the model/weights pair) as a :class:`Member`."""
     if weights is not None or model is not None:

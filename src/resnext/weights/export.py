@@ -339,13 +339,15 @@ def _onnx_export(
         reason = f"opset {opset} < {_DYNAMO_MIN_OPSET}, the dynamo exporter's lowest"
         return _legacy_onnx_export(model, example, path, names, reason)
     try:
-        batch = torch.export.Dim("batch", min=1)
+        # Dynamic batch and image size: the same file serves another test crop (--crop 320).
+        dims = {0: torch.export.Dim("batch", min=1)}
+        dims |= {i: torch.export.Dim(n, min=16) for i, n in ((2, "height"), (3, "width"))}
         torch.onnx.export(
             model,
             (example,),
             str(path),
             dynamo=True,
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=(dims,),
             external_data=False,  # one self-contained file (models here are far below 2 GB)
             verbose=False,
             **names,
@@ -367,7 +369,10 @@ def _legacy_onnx_export(
                 (example,),
                 str(path),
                 dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={
+                    INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                    OUTPUT_NAME: {0: "batch"},
+                },
                 **names,
             )
     except Exception as e:
