@@ -99,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     clf, inputs = load_classifier(args)
+    print(  # stderr: stdout stays the predictions (and valid JSON with --json)
+        f"resnext predict: {clf.backend} back-end, {clf.precision}, {clf.device}",
+        file=sys.stderr,
+    )
     files, errors = collect(inputs)
     for item, why in errors:
         print(f"resnext predict: {item}: {why}; skipped", file=sys.stderr)
