@@ -65,3 +65,17 @@ def test_onnxruntime_refuses_what_it_cannot_run(tmp_path: Path) -> None:
         Classifier.from_checkpoint(ckpt, device="cpu", precision="bf16", backend="onnxruntime")
     with pytest.raises(ConfigError, match="back-end must be one of auto, eager, onnxruntime"):
         Classifier.from_checkpoint(ckpt, device="cpu", backend="tensorrt")
+
+
+def test_auto_falls_back_to_eager_where_the_cache_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("RESNEXT_CACHE", str(blocker))
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")
+    with pytest.warns(UserWarning, match="back-end auto: .*running eager instead"):
+        clf = Classifier.from_checkpoint(ckpt, device="cpu")  # backend="auto"
+    assert clf.backend == "eager"
+    with pytest.raises(ConfigError, match="cannot create the output folder"):
+        Classifier.from_checkpoint(ckpt, device="cpu", backend="onnxruntime")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -74,7 +75,8 @@ def make_backend(
         raise ConfigError(f"back-end must be one of {', '.join(BACKENDS)}, got {name!r}")
     from .onnx_model import OnnxModel
 
-    if name == "auto":
+    chosen_by_rule = name == "auto"
+    if chosen_by_rule:
         name, _ = choose_backend(device, precision)
 
     if isinstance(model, OnnxModel):
@@ -94,12 +96,18 @@ def make_backend(
     arch = getattr(model, "arch", None)
     stem = arch.name if arch is not None else "model"
     path = folder / f"{stem}-{weights_digest(model)[:20]}.onnx"
-    if not path.is_file():
-        export_onnx(
-            model.eval(),
-            path,
-            classes=classes,
-            preprocess=preprocess,
-            source={"format": "onnxruntime back-end cache"},
-        )
+    try:
+        if not path.is_file():
+            export_onnx(
+                model.eval(),
+                path,
+                classes=classes,
+                preprocess=preprocess,
+                source={"format": "onnxruntime back-end cache"},
+            )
+    except (ConfigError, OSError) as e:  # e.g. a read-only home: no cache folder
+        if not chosen_by_rule:
+            raise
+        warnings.warn(f"back-end auto: {e}; running eager instead", stacklevel=2)
+        return model, "eager"
     return OnnxModel(path), "onnxruntime"
