@@ -146,6 +146,38 @@ def refuse_overwriting(output: str | Path, inputs: list[str | Path], what: str) 
             )
 
 
+def key_differences(
+    own: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    own_keys: set[str] | None = None,
+) -> tuple[list[str], list[str], list[str]]:
+    """Sorted missing keys (of ``own_keys``, default all of ``own``), unexpected keys, and
+    ``"key: file (shape) vs model (shape)"`` lines of ``state`` against ``own``."""
+    own_keys = set(own) if own_keys is None else own_keys
+    missing = sorted(own_keys - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(own_keys & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    return missing, unexpected, shapes
+
+
+def describe_differences(
+    missing: list[str], unexpected: list[str], shapes: list[str], *, examples: int, eg: str = ""
+) -> list[str]:
+    """One phrase per kind of difference, with the first ``examples`` of each."""
+    out = []
+    if missing:
+        out.append(f"{len(missing)} missing keys ({eg}{', '.join(missing[:examples])})")
+    if unexpected:
+        out.append(f"{len(unexpected)} unexpected keys ({eg}{', '.join(unexpected[:examples])})")
+    if shapes:
+        out.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:examples])})")
+    return out
+
+
 def load_checked(
     model: nn.Module, state: Mapping[str, torch.Tensor], *, skip_classifier: bool = False
 ) -> None:
@@ -162,20 +194,8 @@ def load_checked(
         own_keys = {k for k in own if not k.startswith("fc.")}
     else:
         own_keys = set(own)
-    missing = sorted(own_keys - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(own_keys & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:3])})")
+    missing, unexpected, shapes = key_differences(own, state, own_keys)
+    problems = describe_differences(missing, unexpected, shapes, examples=3, eg="e.g. ")
     if problems:
         hint = ""
         if shapes and all(s.startswith("fc.") for s in shapes):

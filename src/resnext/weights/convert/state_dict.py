@@ -24,7 +24,9 @@ from ...models.resnext import CIFAR_DEPTHS, CIFAR_WIDTHS, IMAGENET_DEPTHS, IMAGE
 from ..files import (
     WRAPPER_KEYS,
     add_num_batches_tracked,
+    describe_differences,
     extract_state_dict,
+    key_differences,
     load_checked,
     read_file,
 )
@@ -232,21 +234,9 @@ def infer_architecture(state: Mapping[str, Tensor]) -> dict[str, Any]:
 def mismatches(own: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> str:
     """Missing, unexpected and mis-shaped keys of ``state`` against ``own``, in words
     ('' when it fits); a missing ``num_batches_tracked`` is not a problem."""
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    out = []
-    if missing:
-        out.append(f"{len(missing)} missing keys ({', '.join(missing[:4])})")
-    if unexpected:
-        out.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:4])})")
-    if shapes:
-        out.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:4])})")
-    return "; ".join(out)
+    missing, unexpected, shapes = key_differences(own, state)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    return "; ".join(describe_differences(missing, unexpected, shapes, examples=4))
 
 
 def unwrap(entry: Mapping[str, Any], file: str) -> tuple[dict[str, Tensor], int | None]:
