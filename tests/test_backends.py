@@ -1,5 +1,6 @@
-"""The onnxruntime back-end: the same weights exported once (cached by their hash), the same
-predictions and evaluation as eager within float rounding; refused where it cannot run."""
+"""The back-ends: each gives the plain model's predictions within float rounding and the same
+top-1 (eager and compile fold BN; onnxruntime exports once, cached by the weights' hash);
+each is refused, with the reason, where it cannot run."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_checkpoint
+from helpers import DIGITS_PRE, tiny_checkpoint
 from resnext import Classifier
 from resnext.cli import main
+from resnext.data import Preprocess
 from resnext.errors import ConfigError
 from resnext.inference.backends import weights_digest
 
@@ -24,16 +26,45 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache" / "onnx"
 
 
-def test_onnxruntime_predicts_what_eager_predicts_and_exports_once(tmp_path: Path, _cache) -> None:
+def _with_running_stats(model: torch.nn.Module, seed: int) -> None:
+    """BN statistics and affine parameters away from their initial values (so that folding
+    them into the convolutions is really exercised)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+
+
+@pytest.mark.parametrize(
+    "backend", ["eager", pytest.param("compile", marks=pytest.mark.slow), "onnxruntime"]
+)
+def test_each_backend_gives_the_models_probabilities(tmp_path: Path, backend: str) -> None:
     ckpt = tiny_checkpoint(tmp_path / "c.pt", seed=4)
-    eager = Classifier.from_checkpoint(ckpt, device="cpu")
-    ort = Classifier.from_checkpoint(ckpt, device="cpu", backend="onnxruntime")
+    model = Classifier.from_checkpoint(ckpt, device="cpu", backend="eager").model
+    _with_running_stats(model, seed=1)
+    pre = Preprocess.from_dict(DIGITS_PRE)
+    clf = Classifier(model, list("0123456789"), pre, device="cpu", backend=backend)
+    assert clf.backend == backend and clf.runner is not model
+    x = torch.stack([clf.to_tensor(image) for image in torch.rand(7, 3, 32, 32)])
+    with torch.inference_mode():
+        expected = model(x).softmax(1)  # the plain module: BN unfolded, NCHW
+    # 4 then 3 images: a compiled batch shape is reused (padded) for a smaller batch
+    got = torch.cat([clf.probabilities(x[:4]), clf.probabilities(x[4:])])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    if backend == "compile":
+        assert len(clf.runner.compile_seconds) == 1  # one shape compiled: 3 ran padded to 4
+
+
+def test_onnxruntime_exports_once_per_weights(tmp_path: Path, _cache) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", seed=4)
+    Classifier.from_checkpoint(ckpt, device="cpu", backend="onnxruntime")
     (cached,) = list(_cache.glob("*.onnx"))
-    assert cached.name.startswith("resnext29_2x4d-") and ort.backend == "onnxruntime"
-    x = torch.rand(5, 3, 32, 32)
-    a, b = eager.predict_proba(list(x)), ort.predict_proba(list(x))
-    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
-    assert torch.equal(a.argmax(1), b.argmax(1))
+    assert cached.name.startswith("resnext29_2x4d-")
+    eager = Classifier.from_checkpoint(ckpt, device="cpu", backend="eager")
     stamp = cached.stat().st_mtime_ns
     Classifier.from_checkpoint(ckpt, device="cpu", backend="onnxruntime")  # same weights
     assert cached.stat().st_mtime_ns == stamp and len(list(_cache.glob("*.onnx"))) == 1
@@ -63,7 +94,7 @@ def test_onnxruntime_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path / "c.pt")
     with pytest.raises(ConfigError, match="precision bf16 runs eager"):
         Classifier.from_checkpoint(ckpt, device="cpu", precision="bf16", backend="onnxruntime")
-    with pytest.raises(ConfigError, match="back-end must be one of auto, eager, onnxruntime"):
+    with pytest.raises(ConfigError, match="back-end must be one of auto, eager, compile, onnx"):
         Classifier.from_checkpoint(ckpt, device="cpu", backend="tensorrt")
 
 

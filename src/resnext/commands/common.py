@@ -33,8 +33,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="auto (onnxruntime for fp32 on the CPU where installed, else eager), eager "
-        "(PyTorch), or onnxruntime (the weights exported once, cached; fp32, CPU)",
+        help="auto (onnxruntime for fp32 on the CPU where installed, else eager); eager "
+        "(PyTorch, BN folded, channels_last); compile (torch.compile: fastest for long "
+        "jobs, tens of seconds of warm-up per batch shape); onnxruntime (the weights "
+        "exported once, cached; fp32, CPU)",
     )
     p.add_argument(
         "--precision",

@@ -1,7 +1,15 @@
 """Inference back-ends behind one interface: a module that maps a preprocessed batch to
-logits. ``eager`` is the PyTorch model itself; ``onnxruntime`` is the same weights exported
-to ONNX once (checked against eager by :func:`~resnext.weights.export.export_onnx`) and run in
-onnxruntime, the export cached by a hash of the architecture and weights."""
+logits.
+
+``eager``        the PyTorch model with BatchNorm folded into the convolutions, in
+                 channels_last (:class:`~resnext.inference.optimize.EagerRunner`).
+``compile``      the same, compiled by ``torch.compile`` (inductor, freezing); tens of seconds
+                 of warm-up per batch shape (:class:`~resnext.inference.optimize.CompiledRunner`).
+``onnxruntime``  the same weights exported to ONNX once (checked against eager by
+                 :func:`~resnext.weights.export.export_onnx`) and run in onnxruntime, the
+                 export cached by a hash of the architecture and weights. CPU, fp32.
+``auto``         chosen by :func:`choose_backend`'s rule, from ``resnext bench``'s measurements.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..errors import ConfigError
 
-BACKENDS = ("auto", "eager", "onnxruntime")
+BACKENDS = ("auto", "eager", "compile", "onnxruntime")
 
 
 def choose_backend(device: torch.device, precision: str) -> tuple[str, str]:
@@ -74,15 +82,23 @@ def make_backend(
     if name not in BACKENDS:
         raise ConfigError(f"back-end must be one of {', '.join(BACKENDS)}, got {name!r}")
     from .onnx_model import OnnxModel
+    from .optimize import CompiledRunner, EagerRunner
 
     chosen_by_rule = name == "auto"
     if chosen_by_rule:
         name, _ = choose_backend(device, precision)
 
     if isinstance(model, OnnxModel):
+        if not chosen_by_rule and name != "onnxruntime":
+            raise ConfigError(
+                f"an exported .onnx file runs in onnxruntime, not the {name} back-end; "
+                "give the checkpoint or model file it was exported from to run it in PyTorch"
+            )
         return model, "onnxruntime"
     if name == "eager":
-        return model, "eager"
+        return EagerRunner(model, device), "eager"
+    if name == "compile":
+        return CompiledRunner(model, device), "compile"
     if device.type != "cpu":
         raise ConfigError(f"the onnxruntime back-end runs on the CPU here, not {device}")
     if precision != "fp32":
@@ -109,5 +125,5 @@ def make_backend(
         if not chosen_by_rule:
             raise
         warnings.warn(f"back-end auto: {e}; running eager instead", stacklevel=2)
-        return model, "eager"
+        return EagerRunner(model, device), "eager"
     return OnnxModel(path), "onnxruntime"

@@ -1,0 +1,70 @@
+"""BatchNorm folding: the folded copy computes what the model computes, for every block form
+(each BN that follows a convolution folded), and leaves the model itself alone; a model
+torch.fx cannot trace is run unfolded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import TINY
+from resnext.inference.optimize import EagerRunner, fold_batchnorm
+from resnext.models import create_model
+
+
+def _randomise_bn(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.3)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+
+
+def _batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("form", ["a", "b", "c"])
+def test_folded_model_equals_the_model_for_each_block_form(form: str) -> None:
+    torch.manual_seed(0)
+    model = create_model("resnext29_2x4d", num_classes=10, block_form=form, **TINY)
+    _randomise_bn(model)
+    model.train()  # folding must not depend on (or change) the caller's mode
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    # form (a) keeps the BN after each block's sum of paths: it follows an add, not a conv
+    left = 9 if form == "a" else 0  # ResNeXt-29: 9 blocks
+    assert _batchnorms(model) > 0 and _batchnorms(folded) == left
+    assert folded.arch == model.arch
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model.eval()(x)
+        torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
+        runner = EagerRunner(model, torch.device("cpu"))
+        # channels_last kernels sum in another order: a few 1e-5 relative
+        torch.testing.assert_close(runner(x), expected, rtol=1e-4, atol=1e-4)
+    for k, v in model.state_dict().items():  # the model itself is untouched
+        assert torch.equal(v, before[k]), k
+
+
+def test_an_untraceable_model_runs_unfolded_with_a_warning() -> None:
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # control flow on a value: torch.fx cannot trace it
+                x = -x
+            return self.bn(self.conv(x))
+
+    model = DataDependent().eval()
+    with pytest.warns(UserWarning, match="BatchNorm folding skipped.*DataDependent"):
+        folded = fold_batchnorm(model)
+    assert _batchnorms(folded) == 1
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x))
