@@ -29,15 +29,22 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Move the average towards ``model``'s current weights (call after each step)."""
+        """Move the average towards ``model``'s current weights (call after each step).
+
+        One fused ``_foreach_lerp_`` over all floating-point tensors (a few kernel launches
+        instead of one per tensor): ``lerp(w_ema, w, 1 - d) = d * w_ema + (1 - d) * w``.
+        """
         own = self.module.state_dict()
+        averaged, targets = [], []
         for name, value in model.state_dict().items():
             ema = own[name]
             if ema.is_floating_point():
-                # lerp_(w, 1 - d) = w_ema + (1 - d) * (w - w_ema) = d * w_ema + (1 - d) * w
-                ema.lerp_(value.detach().to(ema.dtype), 1.0 - self.decay)
+                averaged.append(ema)
+                targets.append(value.detach().to(ema.dtype))
             else:
                 ema.copy_(value)
+        if averaged:
+            torch._foreach_lerp_(averaged, targets, 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()

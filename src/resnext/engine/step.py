@@ -5,6 +5,8 @@ per-step lr schedule and the EMA. The :class:`~resnext.engine.Trainer` drives it
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ class Stepper:
         cfg: the run config (optim, schedule and train sections).
         steps_per_epoch, total_steps: the schedule's length (the recipe's epochs).
         device, dist: where it runs; under DDP the model is wrapped here.
+        log: where the compile warm-up is reported (``train.compile``).
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class Stepper:
         total_steps: int,
         device: torch.device,
         dist: DistInfo,
+        log: Callable[[str], None] = print,
     ) -> None:
         tc = cfg.train
         self.model, self.device, self.precision = model, device, tc.precision
@@ -56,6 +60,9 @@ class Stepper:
             self.forward_model = self.ddp
         if tc.compile:
             self.forward_model = torch.compile(self.forward_model)  # type: ignore[assignment]
+        self._log = log
+        # train.compile: the input shapes compiled so far (a new one compiles on first use)
+        self._compiled_shapes: set[tuple[int, ...]] | None = set() if tc.compile else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
 
     def accumulate(
@@ -63,6 +70,8 @@ class Stepper:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward and backward of one micro-batch; gradients add up over ``group_size`` of
         them (DDP all-reduces only on the last). Returns the (unscaled) loss and the logits."""
+        new_shape = self._compiled_shapes is not None and x.shape not in self._compiled_shapes
+        start = time.perf_counter()
         sync = self.ddp.no_sync() if self.ddp is not None and not last_micro else None
         with sync or contextlib.nullcontext():
             with autocast(self.device, self.precision):
@@ -70,6 +79,13 @@ class Stepper:
                 loss = self.criterion(logits.float(), y)
             scaled = loss / group_size
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if new_shape:
+            assert self._compiled_shapes is not None
+            self._compiled_shapes.add(tuple(x.shape))
+            self._log(
+                f"train.compile: forward and backward for input {tuple(x.shape)} compiled and "
+                f"run in {time.perf_counter() - start:.1f} s (once per input shape)"
+            )
         return loss.detach(), logits.detach()
 
     def step(self) -> float:
