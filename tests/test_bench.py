@@ -14,21 +14,22 @@ from resnext.commands.bench import table
 def test_bench_prints_each_path_with_its_ratio_to_the_reference(capsys) -> None:
     pytest.importorskip("onnxruntime")
     argv = ["bench", "--models", "resnext29_2x4d", "--batch", "2", "--repeat", "1"]
-    assert main([*argv, "--no-train"]) == 0
+    assert main([*argv, "--no-train", "--no-compile"]) == 0
     out = capsys.readouterr().out
     assert (
         out.startswith("device cpu: ")
         and "dense ceiling (best of a matmul and a 1x1 convolution): fp32 " in out
     )
     rows = [line.split() for line in out.splitlines() if line.startswith("resnext29_2x4d ")]
-    paths = [" ".join(r[1:-5]) + " " + r[-5] for r in rows]
-    expected = ["ours eager nchw fp32"]  # no torchvision model of this name: ours is the ref
+    paths = [" ".join(r[1:-6]) + " " + r[-6] for r in rows]
+    expected = ["ours plain nchw fp32"]  # no torchvision model of this name: ours is the ref
     expected += [
-        f"ours eager channels_last {p}" for p in precisions(__import__("torch").device("cpu"))
+        f"ours eager (BN folded, channels_last) {p}"
+        for p in precisions(__import__("torch").device("cpu"))
     ]
-    expected += ["onnxruntime fp32"]
+    expected += ["ours onnxruntime fp32"]
     assert paths == expected
-    assert rows[0][-3] == "1.00x" and all(float(r[-4]) > 0 for r in rows)
+    assert rows[0][-4] == "1.00x" and all(float(r[-5]) > 0 for r in rows)
 
 
 def test_the_table_compares_with_the_reference_and_the_ceiling() -> None:
@@ -36,9 +37,15 @@ def test_the_table_compares_with_the_reference_and_the_ceiling() -> None:
         BenchRow("m", "torchvision eager nchw", "fp32", 8, 10.0, 1e9, 500.0, reference=True),
         BenchRow("m", "ours eager channels_last", "bf16", 8, 25.0, 1e9, None),
     ]
+    rows += [
+        BenchRow("m", "torchvision train step", "fp32", 8, 2.0, 3e9, None, True, "train", 1.5),
+        BenchRow("m", "ours train step", "fp32", 8, 3.0, 3e9, None, kind="train"),
+    ]
     lines = table(rows, {"fp32": 100e9, "bf16": 250e9})
-    assert lines[1][4:] == ("1.00x", "10%", "500")
-    assert lines[2][4:] == ("2.50x", "10%", "-")  # 25 GFLOP/s of a 250 GFLOP/s bf16 ceiling
+    assert lines[1][4:] == ("1.00x", "10%", "500", "-")
+    assert lines[2][4:] == ("2.50x", "10%", "-", "-")  # 25 GFLOP/s of a 250 GFLOP/s ceiling
+    assert lines[3][4:] == ("1.00x", "6%", "-", "1.5")  # training rows: their own reference
+    assert lines[4][4] == "1.50x"
 
 
 def test_bad_arguments_are_one_line_errors(capsys) -> None:

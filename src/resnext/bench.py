@@ -1,16 +1,20 @@
 """Throughput of every inference and training path this device supports, in one run.
 
-``resnext bench`` prints, for each model, images per second of our eager model in NCHW and
-channels_last layouts at each precision the device runs natively, onnxruntime on the same
-weights, torchvision's model on its default path (the reference of the ``vs ref`` column)
-and a training step; each the median of several timed repeats, with the fraction of this
-device's measured matmul ceiling it reaches and the peak memory it took. Ratios are what
-carry between machines: absolute numbers belong to the CPU named in the header.
+``resnext bench`` prints, for each model, images per second of torchvision's model on its
+default path (the reference of the ``vs ref`` column; ours unoptimised where torchvision has
+no such model), timm's where it is installed, and each of our inference back-ends (eager,
+compile, onnxruntime) at each precision the device runs natively; then a training step,
+torchvision's (the training rows' reference) and ours, eager and compiled. Each is the median
+of several timed repeats after an untimed first call (whose time, compile included, is
+shown), with the fraction of this device's measured dense ceiling it reaches and the peak
+memory it took. Ratios are what carry between machines: absolute numbers belong to the CPU
+named in the header.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import platform
 import statistics
@@ -38,7 +42,9 @@ class BenchRow:
     img_per_s: float
     flops_per_image: float  # multiply-adds x 2 (x 3 for a training step)
     peak_mb: float | None  # peak memory while this path ran (process RSS on CPU)
-    reference: bool = False  # the row others are compared with
+    reference: bool = False  # the row others of its kind are compared with
+    kind: str = "inference"  # inference | train
+    first_call_s: float | None = None  # the untimed first call (compile, weight packing)
 
     @property
     def seconds_per_batch(self) -> float:
@@ -132,59 +138,84 @@ def bench_model(
     device: torch.device,
     onnx: bool = True,
     train: bool = True,
+    compile: bool = True,
     log: Callable[[str], None] = lambda _: None,
 ) -> list[BenchRow]:
-    """Every path of one registry model (random weights, eval-mode BN for inference)."""
+    """Every path of one registry model (random weights and BN statistics; eval-mode BN for
+    inference, batch statistics for the training step)."""
+    from .inference.optimize import CompiledRunner, EagerRunner
+
     torch.manual_seed(0)
     size = default_input_size(name)
-    model = create_model(name).eval().to(device)
-    macs = measure(model.cpu(), size).flops
+    model = create_model(name).eval()
+    macs = measure(model, size).flops
+    _random_bn_statistics(model)  # so that folding them is real work, as with trained weights
     model.to(device)
     x = torch.randn(batch, 3, size, size, device=device)
     xc = x.contiguous(memory_format=torch.channels_last)  # made outside inference mode
     rows: list[BenchRow] = []
 
-    def run(path: str, precision: str, fn: Callable[[], object], flops: float, ref=False):
+    def run(path: str, precision: str, fn: Callable[[], object], kind: str = "inference"):
         log(f"  {name}: {path} {precision}")
+        flops = (6 if kind == "train" else 2) * macs
         with peak_memory(device) as peak:
-            seconds = median_seconds(lambda: _sync(device, fn()), repeat)
+            start = time.perf_counter()
+            _sync(device, fn())  # the first call: compiles, packs weights, warms caches
+            first = time.perf_counter() - start
+            seconds = median_seconds(lambda: _sync(device, fn()), repeat, warmup=0)
+        reference = not any(r.kind == kind for r in rows)  # each kind's first row
         rows.append(
-            BenchRow(
-                name,
-                path,
-                precision,
-                batch,
-                batch / seconds,
-                flops,
-                peak[0] if peak else None,
-                ref,
-            )
+            BenchRow(name, path, precision, batch, batch / seconds, flops, None, reference, kind)
         )
+        rows[-1].peak_mb = peak[0] if peak else None
+        rows[-1].first_call_s = first
 
-    reference = _torchvision(name)
+    reference, ref_path = _reference(name)  # torchvision's, or ours unoptimised
+    reference.load_state_dict(model.state_dict())
+    reference = reference.to(device).eval()
     with torch.inference_mode():
-        if reference is not None:
-            tv = reference.eval().to(device)
-            tv.load_state_dict(model.state_dict())
-            run("torchvision eager nchw", "fp32", lambda: tv(x), 2 * macs, ref=True)
-            del tv
-        run("ours eager nchw", "fp32", lambda: model(x), 2 * macs, ref=reference is None)
-        cl = model.to(memory_format=torch.channels_last)
-        for precision in precisions(device):
-            run(
-                "ours eager channels_last",
-                precision,
-                lambda p=precision: _autocast_call(cl, xc, device, p),
-                2 * macs,
-            )
+        run(ref_path, "fp32", lambda: reference(x))
+        timm_model = _timm(name, model)
+        if timm_model is not None:
+            timm_model = timm_model.to(device).eval()
+            run("timm eager nchw", "fp32", lambda: timm_model(x))
+            del timm_model
+        if ref_path != "ours plain nchw":
+            run("ours plain nchw", "fp32", lambda: model(x))
+        runners: list[tuple[str, Callable[[], nn.Module]]] = [
+            ("ours eager (BN folded, channels_last)", lambda: EagerRunner(model, device))
+        ]
+        if compile:
+            runners.append(("ours compile (inductor)", lambda: CompiledRunner(model, device)))
+        for path, make in runners:
+            for precision in precisions(device):
+                runner = make()
+                run(path, precision, lambda r=runner, p=precision: _autocast_call(r, x, device, p))
+                del runner
     if onnx and device.type == "cpu":
-        session = _onnx_session(cl.to(memory_format=torch.contiguous_format), size)
+        session = _onnx_session(model, size)
         if session is not None:
             xn = x.cpu().numpy()
-            run("onnxruntime", "fp32", lambda: session.run(None, {"images": xn}), 2 * macs)
+            run("ours onnxruntime", "fp32", lambda: session.run(None, {"images": xn}))
     if train:
-        run("ours train step channels_last", "fp32", _train_step(model, xc, device), 6 * macs)
+        ref_train = copy.deepcopy(reference)
+        run(f"{ref_path} train step", "fp32", _train_step(ref_train, x, device), kind="train")
+        del ref_train
+        for precision in precisions(device):
+            step = _train_step(copy.deepcopy(model), xc, device, precision)
+            run("ours train step channels_last", precision, step, kind="train")
+        if compile:
+            step = _train_step(copy.deepcopy(model), xc, device, "fp32", compiled=True)
+            run("ours train step compiled channels_last", "fp32", step, kind="train")
     return rows
+
+
+def _random_bn_statistics(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
 def _autocast_call(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str):
@@ -192,26 +223,58 @@ def _autocast_call(model: nn.Module, x: torch.Tensor, device: torch.device, prec
         return model(x)
 
 
-def _train_step(model: nn.Module, x: torch.Tensor, device: torch.device) -> Callable[[], None]:
-    """Forward, backward and an SGD step in train mode (BN batch statistics)."""
-    model = model.to(memory_format=torch.channels_last).train()
+def _train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    precision: str = "fp32",
+    compiled: bool = False,
+) -> Callable[[], None]:
+    """Forward, backward and an SGD step in train mode (BN batch statistics), in the
+    memory format of ``x``."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    forward = torch.compile(model) if compiled else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     y = torch.zeros(x.shape[0], dtype=torch.long, device=device)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        with autocast(device, precision):
+            logits = forward(x)
+        nn.functional.cross_entropy(logits.float(), y).backward()
         opt.step()
 
     return step
 
 
-def _torchvision(name: str) -> nn.Module | None:
-    """torchvision's model of the same name (same parameter names), where it has one."""
+def _reference(name: str) -> tuple[nn.Module, str]:
+    """torchvision's model of the same name (same parameter names), or a fresh copy of ours
+    where torchvision has none; and the path's name in the table."""
     import torchvision
 
     builder = getattr(torchvision.models, name, None)
-    return builder(weights=None) if builder is not None else None
+    if builder is None:
+        return create_model(name), "ours plain nchw"
+    return builder(weights=None), "torchvision eager nchw"
+
+
+def _timm(name: str, model: nn.Module) -> nn.Module | None:
+    """timm's model of the same name with ``model``'s weights, where timm is installed and
+    has it (timm's ResNeXts use torchvision's parameter names)."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    if name not in timm.list_models(name):
+        return None
+    other = timm.create_model(name, pretrained=False)
+    try:
+        other.load_state_dict(model.state_dict())
+    except RuntimeError:
+        return None
+    return other
 
 
 def _onnx_session(model: nn.Module, size: int):

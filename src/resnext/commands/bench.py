@@ -35,6 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
     p.add_argument("--no-train", action="store_true", help="skip the training step")
+    p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip torch.compile paths (each compiles for tens of seconds)",
+    )
     p.set_defaults(run=run)
 
 
@@ -70,13 +75,16 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             onnx=not args.no_onnx,
             train=not args.no_train,
+            compile=not args.no_compile,
             log=lambda m: print(m, file=sys.stderr, flush=True),
         )
     print(format_table(table(rows, ceilings, device.type), left=3))
     print(
         "of ceiling: the model's FLOPs (2 x multiply-adds, x3 for a training step) per second "
         "over the measured dense ceiling at that precision; kernels that do fewer multiplies "
-        "(e.g. Winograd convolutions) can pass 100%."
+        "(e.g. Winograd convolutions) can pass 100%. vs ref: inference rows against the first "
+        "inference row, training rows against the first training row. first call s: the "
+        "untimed first call (compiling, packing weights) before the timed ones."
     )
     return 0
 
@@ -86,10 +94,11 @@ def table(
 ) -> list[tuple[str, ...]]:
     """Header and one line a row: images/s, ratio to the model's reference, ceiling share."""
     memory = "peak RSS MB" if device_type == "cpu" else "peak MB"
-    out = [("model", "path", "precision", "img/s", "vs ref", "of ceiling", memory)]
-    refs = {r.model: r for r in rows if r.reference}
+    head = ("model", "path", "precision", "img/s", "vs ref", "of ceiling", memory, "first call s")
+    out = [head]
+    refs = {(r.model, r.kind): r for r in rows if r.reference}
     for r in rows:
-        ref = refs.get(r.model)
+        ref = refs.get((r.model, r.kind))
         achieved = r.img_per_s * r.flops_per_image
         ceiling = ceilings.get(r.precision, ceilings["fp32"])
         out.append(
@@ -101,6 +110,7 @@ def table(
                 f"{r.img_per_s / ref.img_per_s:.2f}x" if ref else "-",
                 f"{100 * achieved / ceiling:.0f}%",
                 f"{r.peak_mb:.0f}" if r.peak_mb is not None else "-",
+                f"{r.first_call_s:.1f}" if r.first_call_s is not None else "-",
             )
         )
     return out
