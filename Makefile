@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/resnext bench
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
