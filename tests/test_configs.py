@@ -26,7 +26,7 @@ CIFAR = [
     "cifar100_resnext29_8x64d",
     "cifar100_resnext29_16x64d",
 ]
-ALL = ["demo", *IMAGENET, *CIFAR, "finetune_imagefolder"]
+ALL = ["demo", *IMAGENET, *CIFAR, "finetune_imagefolder", "fashion_mnist_resnext29"]
 DEFAULTS = Config().to_dict()
 # `  key: value  # comment` (or a section line `section:  # comment`), as a recipe spells it.
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")

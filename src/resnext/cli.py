@@ -24,6 +24,8 @@ COMMANDS = (
     "export",
     "average",
     "bench",
+    "pack",
+    "serve",
 )
 
 

@@ -37,10 +37,14 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     # dataset reader: digits | cifar10 | cifar100 | mnist | fashion_mnist | imagefolder | imagelist
+    # | tiny_imagenet (Tiny ImageNet-200 as distributed: wnids.txt, train/, val/)
+    # | webdataset (the shards `resnext pack` writes; data.root = the packed folder)
     name: str = "digits"
     root: str | None = None  # dataset location on disk (digits needs none)
     val_fraction: float = 0.1  # share of train held out for model selection if no val split
-    test_fraction: float = 0.2  # digits only: share held out as the test split
+    # share held out as the test split where a dataset has none: digits, and an imagefolder
+    # root without split folders (root/<class>/*, carved with val_fraction per class)
+    test_fraction: float = 0.2
     split_seed: int = 0  # seed of the train/val(/test) split; fixed, so splits never move
     image_size: int = 32  # training crop side (224 for ImageNet, 32 for CIFAR)
     eval_resize: int | None = None  # eval: resize shorter side to this, then centre crop
@@ -53,11 +57,15 @@ class DataConfig:
     cifar_labels: str = "fine"  # cifar100: fine (100 classes) or coarse (20 superclasses)
     on_bad_file: str = "error"  # unreadable image: error (stop, naming it) or skip (log once)
     num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
+    shuffle_buffer: int = 1000  # webdataset: samples each loader worker shuffles among (0 = none)
     train_dir: str = "train"  # imagefolder: train sub-folder of root
     val_dir: str | None = "val"  # imagefolder: val sub-folder (None = carve from train)
     val_labels: str | None = None  # imagefolder: "filename label" file for a flat val folder
     test_dir: str | None = None  # imagefolder: test sub-folder (None = no test split)
     test_labels: str | None = None  # imagefolder: "filename label" file for a flat test folder
+    # imagefolder without split folders: a run's recorded split (splits.json) to use instead of
+    # carving one; a resume and `resnext eval` use the run folder's own, so rarely set by hand
+    split_file: str | None = None
     train_list: str | None = None  # imagelist: "path,label" file of the train split
     val_list: str | None = None  # imagelist: "path,label" file of the val split
     test_list: str | None = None  # imagelist: "path,label" file of the test split
@@ -89,11 +97,15 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 20  # passes over the train split
     batch_size: int = 32  # images per step on each process
+    # images per optimizer step over all processes (batch x accumulation x processes); set, it
+    # derives train.batch_size, which must then be left at its default or agree
+    global_batch_size: int | None = None
     accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     clip_grad_norm: float | None = None  # clip the gradient's global norm (None = off)
     precision: str = "fp32"  # forward pass in fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
     channels_last: bool = True  # NHWC memory layout (faster convs on CPU and recent GPUs)
+    sync_bn: bool = False  # SyncBatchNorm: BN batch statistics over all processes (CUDA DDP only)
     compile: bool = False  # torch.compile the model
     ema_decay: float | None = 0.98  # EMA of the weights: w_ema = d*w_ema + (1-d)*w (None = off)
     eval_ema: bool = True  # with an EMA: select the model and test with the EMA weights
@@ -138,6 +150,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "fashion_mnist",
         "imagefolder",
         "imagelist",
+        "webdataset",
+        "tiny_imagenet",
     ),
     "data.augment": ("none", "crop", "cifar", "imagenet", "imagenet_scale"),
     "data.interpolation": ("bilinear", "bicubic", "nearest"),
@@ -261,10 +275,25 @@ def _check_values(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    if cfg.train.global_batch_size is not None and cfg.train.global_batch_size < 1:
+        raise ConfigError(
+            f"train.global_batch_size must be at least 1, got {cfg.train.global_batch_size}"
+        )
+    if cfg.data.shuffle_buffer < 0:
+        raise ConfigError(
+            f"data.shuffle_buffer must be 0 (no shuffling) or more, got {cfg.data.shuffle_buffer}"
+        )
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    if not 0.0 <= cfg.data.test_fraction < 1.0:
+        raise ConfigError(f"data.test_fraction must be in [0, 1), got {cfg.data.test_fraction}")
+    if cfg.data.name == "digits" and cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
+        raise ConfigError(
+            f"data.val_fraction + data.test_fraction = {cfg.data.val_fraction} + "
+            f"{cfg.data.test_fraction} leaves no images to train on; their sum must be below 1"
+        )
     if cfg.train.ema_decay is not None and not 0.0 < cfg.train.ema_decay < 1.0:
         raise ConfigError(
             f"train.ema_decay must be in (0, 1), e.g. 0.9999, got {cfg.train.ema_decay}"
@@ -273,6 +302,38 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}"
         )
+
+
+def resolve_batch_size(cfg: Config, world_size: int) -> Config:
+    """The config with ``train.batch_size`` derived from ``train.global_batch_size`` (if set)
+    for a job of ``world_size`` processes: global / (processes x accumulation steps).
+
+    Raises :class:`ConfigError` where the global batch does not divide evenly, or where
+    ``train.batch_size`` was set to another value than the one derived.
+    """
+    tc = cfg.train
+    if tc.global_batch_size is None:
+        return cfg
+    share = world_size * tc.accumulate_steps
+    per, rest = divmod(tc.global_batch_size, share)
+    if rest or per < 1:
+        near = sorted({m for m in (per * share, (per + 1) * share) if m >= share})
+        raise ConfigError(
+            f"train.global_batch_size={tc.global_batch_size} does not divide into "
+            f"{world_size} process(es) x {tc.accumulate_steps} accumulation step(s) = {share} "
+            f"equal batches; use a multiple of {share} (e.g. {' or '.join(map(str, near))}), "
+            "or set train.batch_size (per process) instead"
+        )
+    default = next(f.default for f in fields(TrainConfig) if f.name == "batch_size")
+    if tc.batch_size not in (default, per):
+        raise ConfigError(
+            f"train.batch_size={tc.batch_size} and train.global_batch_size="
+            f"{tc.global_batch_size} disagree: {tc.global_batch_size} images over "
+            f"{world_size} process(es) x {tc.accumulate_steps} accumulation step(s) is {per} "
+            "per process; set only one of them (a resumed run also needs its number of "
+            "processes)"
+        )
+    return dataclasses.replace(cfg, train=dataclasses.replace(tc, batch_size=per))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
-from .config import Config, from_dict, merge_overrides
+from .config import Config, from_dict, merge_overrides, resolve_batch_size
 from .data import build_splits
+from .data.shards import check_train_streams
+from .data.splitting import SPLITS_FILE, recorded_split
 from .engine import (
     DistInfo,
     FitResult,
@@ -29,6 +31,7 @@ from .engine import (
     init_distributed,
     seed_everything,
 )
+from .engine.sync_bn import check_sync_bn
 from .errors import ConfigError, DataError
 from .models import create_model
 from .runtime import check_precision, configure_torch, resolve_device
@@ -182,6 +185,11 @@ def _train(
     if not dist.is_main:
         say = _silent
     cfg, resume, ckpt = resolve_run_config(cfg, config_given=config_given, overrides=overrides)
+    cfg = resolve_batch_size(cfg, dist.world_size)  # train.global_batch_size, if set
+    if cfg.train.sync_bn:
+        note = check_sync_bn(device, dist)
+        if note:
+            say(note)
     if ckpt is not None and cfg.train.max_steps is not None and ckpt["step"] >= cfg.train.max_steps:
         raise ConfigError(
             f"{resume} already stopped at step {ckpt['step']} and train.max_steps is "
@@ -193,7 +201,11 @@ def _train(
     if dist.is_main:
         _check_writable(run_dir, create=False)
 
-    splits = build_splits(cfg.data)
+    # A resume reads the split its run recorded (splits.json, one-folder image trees), not a
+    # new carve of files that may have changed since.
+    splits = build_splits(recorded_split(cfg.data, resume.parent) if resume else cfg.data)
+    for note in splits.info.get("notes", ()):
+        say(f"note: {note}")
     classes = list(splits.classes)
     if cfg.model.num_classes is not None and cfg.model.num_classes != len(classes):
         raise ConfigError(
@@ -202,6 +214,7 @@ def _train(
         )
     if len(splits.train) == 0:  # type: ignore[arg-type]
         raise DataError(f"the train split of {cfg.data.name} is empty: nothing to train on")
+    check_train_streams(splits.train, dist.world_size, cfg.data.num_workers)  # shards only
     # An empty val or test split (e.g. data.val_fraction=0) is no split: the run keeps the
     # last epoch, or has no final test. Said now, not found out after training.
     for name in ("val", "test"):
@@ -256,6 +269,10 @@ def _train(
         trainer.load_state(ckpt, resume)
     if dist.is_main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        record = splits.info.get("split_record")
+        if record is not None:  # splits carved from one folder: the run keeps their file lists
+            record.write(run_dir / SPLITS_FILE)
+            say(f"{splits.info['split']}; recorded in {run_dir / SPLITS_FILE}")
 
     n_params = sum(p.numel() for p in model.parameters())
     sizes = " / ".join(
@@ -269,16 +286,28 @@ def _train(
         f"{cfg.data.name}: {sizes} images, {len(classes)} classes"
     )
     stop = f", stopping at step {cfg.train.max_steps}" if cfg.train.max_steps else ""
+    tc = cfg.train
+    global_batch = dist.world_size * tc.batch_size * tc.accumulate_steps
+    base = cfg.optim.lr_base_batch
+    scaling = f" (optim.lr {cfg.optim.lr:g} x {global_batch}/{base})" if base else ""
     say(
-        f"device {device}{threads}, {cfg.train.precision}, {dist.world_size} process(es) x batch "
-        f"{cfg.train.batch_size} x {cfg.train.accumulate_steps} accumulation, lr {trainer.lr:g}, "
-        f"{cfg.train.epochs} epochs = {trainer.total_steps} steps{stop}; run folder {run_dir}"
+        f"device {device}{threads}, {tc.precision}, {dist.world_size} process(es) x batch "
+        f"{tc.batch_size} x {tc.accumulate_steps} accumulation = global batch {global_batch}, "
+        f"lr {trainer.lr:g}{scaling}, {tc.epochs} epochs = {trainer.total_steps} steps{stop}; "
+        f"run folder {run_dir}"
     )
     if ckpt is not None:
+        replay = ""
+        if trainer.progress.epoch_step and splits.info.get("shards"):
+            replay = (
+                f"; the shard streams replay epoch {trainer.progress.epoch + 1} up to batch "
+                f"{trainer.progress.epoch_step}, reading those samples without decoding them"
+            )
         say(
             f"resuming {resume} at epoch {trainer.progress.epoch} + "
             f"{trainer.progress.epoch_step} batches (step {trainer.progress.step})"
             + (f"; changed: {', '.join(changed)}" if changed else "")
+            + replay
         )
     sys.stdout.flush()
     result = trainer.fit()

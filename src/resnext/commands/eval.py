@@ -16,6 +16,7 @@ from typing import Any
 from ..config import parse_override
 from ..errors import ConfigError
 from ..inference import prepare_evaluation
+from ..inference.classes import readable_names
 from ..inference.report import (
     MAX_CONFUSION_CLASSES,
     draw_confusion,
@@ -115,11 +116,12 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(evaluation.describe()))
     report = evaluation.run(progress=not args.no_progress)
     print(results_table(report))
-    print(per_class_table(report, evaluation.classes))
+    names = readable_names(evaluation.classes)  # WordNet-id folders shown as their names
+    print(per_class_table(report, names))
     if args.json:
         write_json(args.json, report)
         print(f"wrote {args.json}")
     if args.confusion:
-        draw_confusion(args.confusion, report.final, evaluation.classes)
+        draw_confusion(args.confusion, report.final, names)
         print(f"wrote {args.confusion}")
     return 0

@@ -2,7 +2,7 @@
 
 from ..errors import DataError
 from .base import SeededSampler, Splits, TensorImages, TransformedDataset
-from .build import READERS, build_raw_splits, build_splits, make_loader
+from .build import READERS, build_raw_splits, build_splits, make_loader, set_loader_epoch
 from .digits import DIGITS_CLASSES, load_digits_images
 from .images import BadFileReport, BadImageError, ImageFiles, bad_file_report, load_image
 from .preprocess import Preprocess, TenCropTransform
@@ -31,5 +31,6 @@ __all__ = [
     "load_digits_images",
     "load_image",
     "make_loader",
+    "set_loader_epoch",
     "train_transform",
 ]

@@ -102,11 +102,18 @@ class TransformedDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = key if isinstance(key, tuple) else (key, index_seed(key))
         image, label = self.base[index]
-        with torch.random.fork_rng(devices=[]), one_thread():
-            # The CPU generator only: torch.manual_seed would also reseed every CUDA
-            # device (fork_rng(devices=[]) does not restore those) and costs ~1 ms.
-            torch.default_generator.manual_seed(seed)
-            return self.transform(image), label
+        return seeded_transform(self.transform, image, seed), label
+
+
+def seeded_transform(transform: Callable[[Any], Any], image: Any, seed: int) -> Any:
+    """``transform(image)`` with torch's CPU RNG seeded by ``seed`` (and put back after), on
+    one thread: what a sample gets is a function of its seed alone. The shard reader
+    (:mod:`resnext.data.shards`) applies it as :class:`TransformedDataset` does."""
+    with torch.random.fork_rng(devices=[]), one_thread():
+        # The CPU generator only: torch.manual_seed would also reseed every CUDA
+        # device (fork_rng(devices=[]) does not restore those) and costs ~1 ms.
+        torch.default_generator.manual_seed(seed)
+        return transform(image)
 
 
 @contextmanager

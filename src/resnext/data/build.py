@@ -16,6 +16,8 @@ from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, digits_splits
 from .folder import imagefolder_splits, imagelist_splits
 from .mnist import mnist_splits
 from .preprocess import Preprocess
+from .shards import ShardStream, shard_loader, shard_split_of, webdataset_splits
+from .tiny_imagenet import tiny_imagenet_splits
 from .transforms import train_transform
 
 
@@ -55,6 +57,8 @@ READERS: dict[str, Callable[[DataConfig], Splits]] = {
     "fashion_mnist": _mnist("fashion_mnist"),
     "imagefolder": imagefolder_splits,
     "imagelist": imagelist_splits,
+    "tiny_imagenet": tiny_imagenet_splits,
+    "webdataset": webdataset_splits,
 }
 
 
@@ -133,13 +137,32 @@ def make_loader(
     ``pin_memory`` defaults to whether CUDA is available; ``persistent_workers`` to
     ``num_workers > 0``. Workers can persist because the sampler hands them
     ``(index, sample_seed)`` pairs: to reuse one loader (and its workers) for the next
-    epoch, call ``loader.sampler.set_epoch(epoch)`` before iterating it again.
+    epoch, call :func:`set_loader_epoch` before iterating it again.
+
+    A shard split (``data.name=webdataset``) is streamed instead, in whole batches
+    (:func:`~resnext.data.shards.shard_loader`): shuffled and padded (training), every process
+    gets the same number; otherwise every sample comes exactly once.
     """
-    sampler = SeededSampler(len(dataset), shuffle, seed, epoch, start, rank, world_size, pad)  # type: ignore[arg-type]
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if persistent_workers is None:
         persistent_workers = num_workers > 0
+    if shard_split_of(dataset) is not None:
+        return shard_loader(
+            dataset,  # type: ignore[arg-type]
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            start=start,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            rank=rank,
+            world_size=world_size,
+            pad=pad,
+        )
+    sampler = SeededSampler(len(dataset), shuffle, seed, epoch, start, rank, world_size, pad)  # type: ignore[arg-type]
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -151,3 +174,13 @@ def make_loader(
         collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, start: int = 0) -> None:
+    """Make a loader from :func:`make_loader` serve epoch ``epoch`` from its sample ``start``
+    on its next pass (its workers, if persistent, keep running)."""
+    if isinstance(loader.dataset, ShardStream):
+        loader.dataset.set_epoch(epoch, start)
+        len(loader)  # the loader keeps the length it last reported; this pass has its own
+    else:
+        loader.sampler.set_epoch(epoch, start)  # type: ignore[attr-defined]

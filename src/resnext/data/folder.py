@@ -12,6 +12,18 @@ ImageFolder (``data.name=imagefolder``)::
 test split. Files without an image extension are ignored; files with one that do not
 decode are bad files (``data.on_bad_file``).
 
+One folder of classes, no splits (Caltech-101/256 style)::
+
+    root/<class>/*.jpg            classes = the sorted sub-folder names of root
+
+is what ``data.root`` holds when ``root/<data.train_dir>`` does not exist (timm's folder
+datasets make the same choice: no split folder, the root is the dataset). Val and test are
+then carved from each class, ``data.val_fraction`` and ``data.test_fraction`` of its images
+(``data.split_seed``), and recorded: the run writes the file lists to ``splits.json`` in
+its folder, and a resume and ``resnext eval`` read them back (``data.split_file``) instead
+of carving again (:mod:`resnext.data.splitting`). A root without ``train/`` but with a
+``val/`` or ``test/`` folder is neither layout and is refused.
+
 Image list (``data.name=imagelist``): ``data.train_list`` (and optionally ``val_list``,
 ``test_list``) are files of ``path,label`` lines. Image paths are relative to the list
 file's folder, or to ``data.root`` if the list's first image is not found there. Labels
@@ -28,6 +40,7 @@ from ..errors import DataError
 from .base import Splits
 from .digits import stratified_split
 from .images import ImageFiles, is_image_file, list_images
+from .splitting import SPLIT_NAMES, SplitRecord, apply_record, carve_one_folder
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 Samples = list[tuple[str, int]]  # (image path, label) pairs of one split
@@ -144,16 +157,22 @@ def imagefolder_splits(cfg: DataConfig) -> Splits:
     """Train/val(/test) image-folder splits, ImageNet mean/std (PAPER.md)."""
     if cfg.root is None:
         raise DataError(
-            "data.root is not set; give the folder holding train/<class>/*.jpg (and val/)"
+            "data.root is not set; give the folder holding train/<class>/*.jpg (and val/), "
+            "or one folder of class folders, <class>/*.jpg"
         )
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root={cfg.root!r} is not a folder")
     train_dir = _resolve(root, cfg.train_dir)
+    if not train_dir.exists():
+        return _one_folder_splits(cfg, root)
     if not train_dir.is_dir():
+        raise DataError(f"train folder {str(train_dir)!r} is not a folder (data.train_dir)")
+    if cfg.split_file is not None:
         raise DataError(
-            f"train folder {str(train_dir)!r} does not exist; expected "
-            f"{cfg.root}/{cfg.train_dir}/<class>/<image> (set data.train_dir)"
+            f"data.split_file={cfg.split_file!r} records a split carved from one folder of "
+            f"classes, but data.root={cfg.root!r} has the train folder {str(train_dir)!r}, so "
+            "its splits are its folders; set data.split_file=null"
         )
     classes = _folder_classes(train_dir)
     if not classes:
@@ -177,6 +196,69 @@ def imagefolder_splits(cfg: DataConfig) -> Splits:
     if cfg.test_dir is not None:
         test = _read_split_dir(root, cfg.test_dir, cfg.test_labels, classes, "test")
     return _image_splits(train, val, test, classes, cfg.on_bad_file, info)
+
+
+def _one_folder_splits(cfg: DataConfig, root: Path) -> Splits:
+    """``root/<class>/*`` with no split folders: train, val and test carved per class, or
+    read back from a recorded split (``data.split_file``)."""
+    classes = _folder_classes(root)
+    split_like = sorted(
+        {cfg.train_dir, "train", "val", "test", *(d for d in (cfg.val_dir, cfg.test_dir) if d)}
+        & set(classes)
+    )
+    if split_like:
+        raise DataError(
+            f"train folder {str(_resolve(root, cfg.train_dir))!r} does not exist, but "
+            f"data.root={cfg.root!r} holds {split_like}: a split tree needs its train folder "
+            "(set data.train_dir to its name), and one folder of classes must not have "
+            "folders named like splits (rename them)"
+        )
+    if not classes:
+        raise DataError(
+            f"data.root={cfg.root!r} has neither a train folder ({cfg.train_dir}/, set "
+            "data.train_dir) nor class folders: expected root/train/<class>/<image> or "
+            "root/<class>/<image>"
+        )
+    given = {"data.test_dir": cfg.test_dir, "data.val_labels": cfg.val_labels}
+    given["data.test_labels"] = cfg.test_labels
+    clash = [f"{k}={v!r}" for k, v in given.items() if v is not None]
+    if clash:
+        raise DataError(
+            f"{', '.join(clash)} names a split file or folder, but data.root={cfg.root!r} has "
+            f"no train folder ({cfg.train_dir}/): it is read as one folder of classes whose "
+            "val and test splits are carved (data.val_fraction, data.test_fraction); unset "
+            f"{', '.join(k for k, v in given.items() if v is not None)}, or add the train folder"
+        )
+    samples = _scan_class_tree(root, classes, "train")
+    if cfg.split_file is None:
+        record = carve_one_folder(
+            samples, classes, root, cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+        )
+        notes: list[str] = []
+        origin = f"carved per class with split_seed {cfg.split_seed}"
+    else:
+        record = SplitRecord.read(Path(cfg.split_file).expanduser())
+        gone = sorted(set(record.classes) - set(classes))
+        if gone:
+            raise DataError(
+                f"data.root={cfg.root!r} lacks the class folder(s) {gone[:5]} of the split "
+                f"recorded in {cfg.split_file!r}; point data.root at the dataset the run used"
+            )
+        on_disk = [Path(p).relative_to(root).as_posix() for p, _ in samples]
+        notes = apply_record(record, on_disk, repr(cfg.split_file))
+        origin = f"read from {cfg.split_file}"
+    parts = {s: [(str(root / p), y) for p, y in record.samples(s)] for s in SPLIT_NAMES}
+    counts = " / ".join(f"{len(v)} {s}" for s, v in parts.items())
+    info = {
+        "source": str(root),
+        "classes_from": str(root),
+        "split": f"one folder of classes: {counts}, {origin}",
+        "split_record": record,  # the run writes it to its folder (splits.json)
+        "notes": notes,  # what the user should know (files on disk the record lacks)
+    }
+    return _image_splits(
+        parts["train"], parts["val"], parts["test"], record.classes, cfg.on_bad_file, info
+    )
 
 
 def _read_list(list_path: Path, root: Path | None) -> list[tuple[str, str]]:

@@ -3,7 +3,10 @@
 ``data.root`` is a folder holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
 ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``; the
 ``*.idx3-ubyte`` spelling of some mirrors also works), directly or in ``raw/`` or
-``MNIST/raw/`` / ``FashionMNIST/raw/`` (torchvision's layout). IDX: a big-endian header
+``MNIST/raw/`` / ``FashionMNIST/raw/`` (torchvision's layout). Debian's package
+``dataset-fashion-mnist`` installs the official gzipped files in
+``/usr/share/datasets/fashion-mnist/``: that is where ``fashion_mnist`` looks when
+``data.root`` is not set. IDX: a big-endian header
 (magic ``0x00000803`` for uint8 3-d images, ``0x00000801`` for uint8 1-d labels, then
 the sizes), then the raw bytes. Images are 28x28 grayscale, served as 3 equal channels
 so every model takes 3-channel input.
@@ -42,6 +45,10 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3
 IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 _SUBFOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+#: Where a system package installs the dataset (``apt-get install dataset-fashion-mnist``,
+#: Debian and Ubuntu); used when data.root is not set.
+SYSTEM_ROOTS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
 
 
 class GrayImages(TensorImages):
@@ -113,6 +120,14 @@ def mnist_splits(name: str, root: str | None, val_fraction: float, split_seed: i
         "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
         "t10k-labels-idx1-ubyte (each may end in .gz)"
     )
+    if root is None and name in SYSTEM_ROOTS:
+        if not Path(SYSTEM_ROOTS[name]).is_dir():
+            raise DataError(
+                f"data.root is not set and {SYSTEM_ROOTS[name]} (where `apt-get install "
+                f"{_PACKAGES[name]}` puts {name}) does not exist; install that package, or "
+                f"set data.root to the folder holding {files}"
+            )
+        root = SYSTEM_ROOTS[name]
     if root is None:
         raise DataError(f"data.root is not set; give the folder holding {files}")
     base = Path(root).expanduser()

@@ -20,7 +20,6 @@ from ..errors import ConfigError, WeightsError
 #: Config keys that may differ on resume, each with the reason it is safe.
 RESUME_MAY_CHANGE: dict[str, str] = {
     "data.root": "the dataset moved; the files and their order are the same",
-    "data.num_workers": "batches are bitwise equal with 0 or N workers",
     "train.max_steps": "a stop after N steps of the recipe's schedule, not part of the schedule",
     "train.device": "where the run goes (numerics may differ in the last bits across devices)",
     "train.threads": "how fast the run goes",
@@ -48,8 +47,22 @@ def _epochs_may_change(cfg: Config) -> str | None:
     return None
 
 
+def _workers_may_change(cfg: Config) -> str | None:
+    """None where data.num_workers may change on resume, else why not."""
+    if cfg.data.name == "webdataset":
+        return (
+            "each loader worker of a shard stream reads its own shards, so the number of "
+            "workers decides the order of the samples"
+        )
+    return None
+
+
 #: Keys that may change on resume only under a condition: key -> (its test, its reason).
 RESUME_MAY_CHANGE_IF: dict[str, tuple[Callable[[Config], str | None], str]] = {
+    "data.num_workers": (
+        _workers_may_change,
+        "with the map-style readers batches are bitwise equal with 0 or N workers",
+    ),
     "train.epochs": (
         _epochs_may_change,
         "under a step, multistep or constant schedule validated every epoch, the lr and the "

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import Config
-from ..data import bad_file_report, make_loader
+from ..data import bad_file_report, make_loader, set_loader_epoch
 from ..errors import ConfigError, DataError, TrainingError
 from ..runtime import check_precision
 from ..weights import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
@@ -33,6 +33,7 @@ from .progress import FitResult, Progress
 from .rng import get_rng_state, set_rng_state
 from .runlog import RunLog
 from .step import Stepper
+from .sync_bn import convert_sync_batchnorm
 from .validation import SplitEvaluator
 
 SINGLE = DistInfo()  # a single process: no process group
@@ -88,6 +89,8 @@ class Trainer:
             raise ConfigError(f"train.max_steps must be at least 1, got {self.tc.max_steps}")
 
         self.model = model.to(device)
+        if self.tc.sync_bn:
+            self.model = convert_sync_batchnorm(self.model, device, dist)
         if self.tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         per_rank = math.ceil(len(train_set) / dist.world_size)  # type: ignore[arg-type]
@@ -103,6 +106,7 @@ class Trainer:
             total_steps=self.total_steps,
             device=device,
             dist=dist,
+            log=self.log,
         )
         self.ema, self.lr = self.stepper.ema, self.stepper.lr
 
@@ -152,8 +156,14 @@ class Trainer:
                 "selected": self.selected,
                 "world_size": self.dist.world_size,
                 "train_images": len(self.train_set),  # type: ignore[arg-type]
+                **({"train_shards": self._shards} if self._shards else {}),
             },
         )
+
+    @property
+    def _shards(self) -> str | None:
+        """The fingerprint of a shard-streamed train split (its order depends on the pack)."""
+        return getattr(getattr(self.train_set, "base", None), "fingerprint", None)
 
     def load_state(self, ckpt: dict[str, Any], path: str | Path | None = None) -> None:
         """Continue from a checkpoint written by :meth:`state` (weights, optimizer, RNG...)."""
@@ -170,6 +180,14 @@ class Trainer:
                 f"the train split now has {n} images and the checkpoint's run had {was}: "
                 f"data.root={self.cfg.data.root!r} does not hold the run's data, and the run "
                 "cannot continue exactly; point data.root at the same dataset"
+            )
+        was = metrics.get("train_shards")
+        if was is not None and was != self._shards:
+            raise DataError(
+                f"data.root={self.cfg.data.root!r} is not the pack the checkpoint's run read "
+                f"(shard fingerprint {self._shards} vs {was}): the same images packed into "
+                "other shards come in another order, so the run cannot continue exactly; "
+                "point data.root at the run's own pack"
             )
         load_checked(self.model, ckpt["model"])
         self.stepper.load_state_dict(ckpt)
@@ -204,7 +222,7 @@ class Trainer:
                 world_size=self.dist.world_size,
             )
         loader = self._train_loader_
-        loader.sampler.set_epoch(self.progress.epoch, self.progress.epoch_step * self.tc.batch_size)  # type: ignore[attr-defined]
+        set_loader_epoch(loader, self.progress.epoch, self.progress.epoch_step * self.tc.batch_size)
         return loader
 
     def _eval_model(self) -> nn.Module:

@@ -1,9 +1,16 @@
-"""Class names for models that store none: ImageNet-1k's, shipped with the package."""
+"""Class names for people: ImageNet-1k's, shipped with the package, for models that store
+none, and readable names for classes that are WordNet ids (ImageNet-style folders)."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+
+#: A WordNet noun synset id as ImageNet names its class folders: "n" and 8 digits.
+WNID = re.compile(r"n\d{8}")
 
 
 def imagenet_classes() -> list[str]:
@@ -33,3 +40,42 @@ def default_class_names(num_classes: int) -> list[str]:
     if num_classes == 1000:
         return imagenet_classes()
     return [str(i) for i in range(num_classes)]
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1,000 ImageNet-1k WordNet ids in class-index order: index 0 is n01440764 (tench).
+
+    Sorted ids are the standard ILSVRC-2012 label order, so the list pairs 1:1 with
+    :func:`imagenet_classes`. Taken from timm's ``imagenet_synsets.txt`` (Apache-2.0).
+    """
+    return list(_imagenet_wnids())
+
+
+@cache
+def _imagenet_wnids() -> tuple[str, ...]:
+    text = resources.files("resnext").joinpath("imagenet_wnids.txt").read_text("utf-8")
+    ids = tuple(s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#"))
+    if len(ids) != 1000 or list(ids) != sorted(ids):
+        raise RuntimeError(f"imagenet_wnids.txt holds {len(ids)} ids, not 1000 sorted ones")
+    return ids
+
+
+@cache
+def _wnid_names() -> dict[str, str]:
+    return dict(zip(_imagenet_wnids(), _imagenet_classes(), strict=True))
+
+
+def readable_names(classes: Sequence[str]) -> list[str]:
+    """What to show for each class: a WordNet id of ImageNet-1k (a class folder such as
+    ``n01443537``, in ImageNet and Tiny ImageNet trees) becomes its names ("goldfish,
+    Carassius auratus"); anything else is shown as it is. Two classes that would show the
+    same name (the bird and the machine "crane") keep their id in brackets.
+
+    Models keep the ids as their classes (checkpoints, exports): this is display only.
+    """
+    table = _wnid_names()
+    shown = [table.get(c, c) if WNID.fullmatch(c) else c for c in classes]
+    twice = {n for n, k in Counter(shown).items() if k > 1}
+    return [
+        f"{n} ({c})" if n in twice and n != c else n for n, c in zip(shown, classes, strict=True)
+    ]

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from ..weights import (
     selected_ema,
 )
 from .backends import make_backend
-from .classes import default_class_names
+from .classes import default_class_names, readable_names
 
 ImageInput = str | Path | Image.Image | torch.Tensor
 
@@ -73,6 +74,8 @@ class Classifier:
         check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
+        # What predictions show: WordNet-id classes (ImageNet-style folders) as their names.
+        self.names = readable_names(self.classes)
         self.preprocess = preprocess
         self.precision = precision
         # What runs a batch: the model itself (eager), or its cached ONNX export (onnxruntime).
@@ -237,33 +240,50 @@ class Classifier:
         self, paths: Sequence[str | Path], topk: int = 5, batch_size: int = 64
     ) -> Iterator[FilePrediction]:
         """Classify image files in batches, in the order given; a file that cannot be read
-        yields a :class:`FilePrediction` with its ``error`` instead of stopping the rest."""
+        yields a :class:`FilePrediction` with its ``error`` instead of stopping the rest.
+        The next batch is decoded in a thread while the model runs this one."""
         if topk < 1:
             raise ValueError(f"topk must be at least 1, got {topk}")
-        for start in range(0, len(paths), batch_size):
-            results, tensors, read = [], [], []
-            for path in paths[start : start + batch_size]:
-                result = FilePrediction(str(path))
-                try:
-                    tensors.append(self.to_tensor(load_image(path)))
-                    read.append(result)
-                except BadImageError as e:
-                    # e.reason, not the message: its hint about data.on_bad_file is for datasets.
-                    result.error = f"cannot read image: {e.reason}"
-                results.append(result)
-            if tensors:
-                top = self.topk(self.probabilities(torch.stack(tensors)), topk)
-                for result, preds in zip(read, top, strict=True):
-                    result.topk = preds
-            yield from results
+        batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        if not batches:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="resnext-read") as pool:
+            pending = pool.submit(self._read_files, batches[0])
+            for i in range(len(batches)):
+                results, tensors, read = pending.result()
+                if i + 1 < len(batches):
+                    pending = pool.submit(self._read_files, batches[i + 1])
+                if tensors:
+                    top = self.topk(self.probabilities(torch.stack(tensors)), topk)
+                    for result, preds in zip(read, top, strict=True):
+                        result.topk = preds
+                yield from results
+
+    def _read_files(
+        self, paths: Sequence[str | Path]
+    ) -> tuple[list[FilePrediction], list[torch.Tensor], list[FilePrediction]]:
+        """Every file's result record, the tensors of those that could be read, and their
+        records (in the same order)."""
+        results, tensors, read = [], [], []
+        for path in paths:
+            result = FilePrediction(str(path))
+            try:
+                tensors.append(self.to_tensor(load_image(path)))
+                read.append(result)
+            except BadImageError as e:
+                # e.reason, not the message: its hint about data.on_bad_file is for datasets.
+                result.error = f"cannot read image: {e.reason}"
+            results.append(result)
+        return results, tensors, read
 
     def topk(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
-        """(class name, probability) pairs of the ``k`` largest probabilities of each row."""
+        """(class name, probability) pairs of the ``k`` largest probabilities of each row;
+        the names are :attr:`names` (WordNet ids shown as their names)."""
         if k < 1:
             raise ValueError(f"topk must be at least 1, got {k}")
         values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
         return [
-            [(self.classes[i], float(p)) for p, i in zip(vs, ix, strict=True)]
+            [(self.names[i], float(p)) for p, i in zip(vs, ix, strict=True)]
             for vs, ix in zip(values.tolist(), indices.tolist(), strict=True)
         ]
 

@@ -24,9 +24,11 @@ import torch
 from ..config import ConfigError, DataConfig, from_dict
 from ..data import TransformedDataset, build_raw_splits, make_loader
 from ..data.preprocess import Preprocess
+from ..data.splitting import SPLITS_FILE, recorded_split
 from ..errors import DataError
 from ..runtime import check_precision, resolve_device
 from ..weights import load_checkpoint, selected_ema
+from .classes import readable_names
 from .classifier import Classifier, model_from_weights
 from .metrics import EvalReport, run_metrics
 
@@ -107,6 +109,7 @@ class Evaluation:
         report.info = {
             "dataset": {"name": self.data.name, "root": self.data.root, "split": self.split},
             "classes": list(self.classes),
+            "class_names": readable_names(self.classes),  # what people read (WordNet ids named)
             "mode": {"ten_crop": self.ten_crop, "precision": self.precision},
             "backends": [m.classifier.backend for m in self.members],
             "members": [
@@ -199,6 +202,9 @@ def prepare_evaluation(
     members = _load_members(paths, model, weights, ema, dev, precision, explicit, backend)
     data = dict(data or {})
     cfg = _data_config(members[0].data, data)
+    if members[0].data is not None and "split_file" not in data:
+        # A run that carved its splits from one folder recorded them next to its checkpoints.
+        cfg = recorded_split(cfg, Path(paths[0]).parent)
     raw = build_raw_splits(cfg)
     dataset = raw.test if split == "test" else raw.val
     if dataset is None or len(dataset) == 0:
@@ -210,7 +216,14 @@ def prepare_evaluation(
             f"the model has {len(classes)} classes but dataset {cfg.name!r} has "
             f"{raw.num_classes}; evaluate on the dataset the model was trained for"
         )
-    notes = []
+    notes = list(raw.info.get("notes", ()))
+    if raw.info.get("split_record") is not None and cfg.split_file is None:
+        notes.append(
+            f"no {SPLITS_FILE} next to {paths[0]}: the splits were carved again from the files "
+            f"under {cfg.root} (split_seed {cfg.split_seed}); they are the training run's only "
+            f"if no file was added or removed since. data.split_file=RUN/{SPLITS_FILE} reads "
+            "the recorded ones"
+        )
     if raw.classes != classes:
         notes.append(
             f"the dataset's class names ({_preview(raw.classes)}) differ from the model's "
