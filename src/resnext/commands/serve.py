@@ -1,0 +1,125 @@
+"""``resnext serve``: a checkpoint or exported model behind an HTTP API and a page.
+
+Loads the model once (errors exit 2 before anything listens), then serves with uvicorn
+until SIGTERM or Ctrl-C; see :mod:`resnext.serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ConfigError
+from ..inference.backends import BACKENDS
+from ..runtime import PRECISIONS
+from ..serve.settings import ServeSettings
+from .common import add_ema_options
+
+_DEFAULTS = ServeSettings()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP: a JSON API with dynamic batching, and a page to try it",
+        description="Serve a checkpoint, model file or exported .onnx: POST /v1/predict, "
+        "GET /v1/model, /healthz, /readyz, and a page at /. Binds to 127.0.0.1: put a "
+        "reverse proxy in front to serve other machines. Needs pip install 'resnext[serve]'.",
+    )
+    p.add_argument("model", metavar="CHECKPOINT_OR_EXPORT", help="the model to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8000, help="port (default %(default)s; 0 = any free port)"
+    )
+    add_ema_options(p, "serve")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="inference back-end, as for resnext predict (default auto)",
+    )
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32, bf16 or fp16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=_DEFAULTS.max_batch,
+        help="most images in one model call (default %(default)s; 1 = no batching)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=_DEFAULTS.max_wait_ms,
+        help="how long a batch's first image waits for others (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=_DEFAULTS.max_queue,
+        help="images waiting for or in the model; requests beyond get 503 (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, each with its own model copy and batcher (default 1)",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=_DEFAULTS.max_body_bytes / 1e6,
+        help="largest request body in MB, 413 above (default %(default)g)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=_DEFAULTS.max_pixels,
+        help="largest image, width x height, 413 above (default %(default)d)",
+    )
+    p.add_argument(
+        "--max-files",
+        type=int,
+        default=_DEFAULTS.max_files,
+        help="most images in one multipart request (default %(default)s)",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_body_mb <= 0:
+        raise ConfigError(f"--max-body-mb must be positive, got {args.max_body_mb:g}")
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=round(args.max_body_mb * 1e6),
+        max_pixels=args.max_pixels,
+        max_files=args.max_files,
+    )
+    from ..serve import require_dependencies
+
+    require_dependencies()
+    from ..serve.server import ModelSpec, run_server
+
+    spec = ModelSpec(
+        args.model,
+        use_ema=args.ema,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+    )
+    clf = spec.load()  # a bad file or option fails here, before anything listens
+    print(
+        f"resnext serve: {clf.model.arch.name} from {args.model}: {clf.backend} back-end, "
+        f"{clf.precision}, {clf.device}; batches of up to {settings.max_batch} images, "
+        f"waiting up to {settings.max_wait_ms:g} ms",
+        file=sys.stderr,
+    )
+    if args.workers > 1:
+        clf = None  # each worker process loads its own copy; this one only supervises
+    run_server(spec, settings, args.host, args.port, args.workers, classifier=clf)
+    return 0
