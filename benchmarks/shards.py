@@ -107,8 +107,9 @@ def timed_passes(cfg: DataConfig, files: list[Path], batch: int) -> tuple[float,
     return rates[0], share if share is not None else float("nan"), rates[1]
 
 
-def read_rates(images: list[Path], packed: Path) -> list[tuple[str, float, float]]:
-    """(what, cold images/s, warm images/s) of reading the bytes alone, in one process."""
+def read_rates(images: list[Path], packed: Path) -> list[tuple[str, float, float, float]]:
+    """(what, cold images/s, share cached before the cold pass, warm images/s) of reading
+    the bytes alone, in one process."""
     import_webdataset()  # once, outside the timing
     index = read_index(packed)
     shards = [
@@ -135,15 +136,20 @@ def read_rates(images: list[Path], packed: Path) -> list[tuple[str, float, float
     tar_files = [s.path for s in shards]
     for what, read, paths in (("image files, shuffled", files, images),
                               ("shards, in sequence", tars, tar_files)):  # fmt: skip
-        rates = []
+        rates, share = [], None
         for cold in (True, False):
             if cold:
-                evict(paths)
+                share = evict(paths)
             start = time.perf_counter()
             n = read()
             rates.append(n / (time.perf_counter() - start))
-        out.append((what, rates[0], rates[1]))
+        out.append((what, rates[0], share if share is not None else float("nan"), rates[1]))
     return out
+
+
+def percent(share: float) -> str:
+    """A cached share as the table shows it; unknown (no fincore) is "?"."""
+    return "?" if share != share else f"{100 * share:.0f}%"  # NaN: not measured
 
 
 def main() -> None:
@@ -181,8 +187,9 @@ def main() -> None:
         rows: list[list[object]] = [
             ["source", "workers", "cold images/s", "cached before", "warm images/s"]
         ]
-        for what, cold, warm in read_rates(images, packed):
-            rows.append([f"read bytes only: {what}", 0, f"{cold:.1f}", "0%", f"{warm:.1f}"])
+        for what, cold, share, warm in read_rates(images, packed):
+            rows.append([f"read bytes only: {what}", 0, f"{cold:.1f}", percent(share),
+                         f"{warm:.1f}"])  # fmt: skip
         sources = [
             (f"image folder ({len(images)} files, {size:.0f} MiB)", "imagefolder", root, images),
             (f"shards ({len(shards)} tar files, {shard_size:.0f} MiB)", "webdataset", packed,
@@ -193,7 +200,7 @@ def main() -> None:
                 cold, share, warm = timed_passes(
                     data_config(where, name, w), files, args.batch_size
                 )
-                rows.append([label, w, f"{cold:.1f}", f"{100 * share:.0f}%", f"{warm:.1f}"])
+                rows.append([label, w, f"{cold:.1f}", percent(share), f"{warm:.1f}"])
     cpu = platform.processor() or platform.machine()
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():

@@ -14,7 +14,7 @@ import pytest
 
 from resnext.cli import main
 from resnext.config import ConfigError, DataConfig, load_config
-from resnext.data import DataError, build_raw_splits
+from resnext.data import DataError, build_raw_splits, splitting
 from resnext.data.splitting import SPLITS_FILE, SplitRecord
 from resnext.inference import prepare_evaluation
 from test_data_readers import write_image_tree, write_jpeg
@@ -100,6 +100,42 @@ def test_layouts_and_values_that_cannot_be_split_are_refused(tmp_path: Path) -> 
         build_raw_splits(_cfg(empty))
 
 
+def test_a_record_that_lists_a_file_twice_is_refused() -> None:
+    record = SplitRecord(
+        ["a", "b"], {"train": ["a/1.jpg", "b/2.jpg"], "val": [], "test": ["a/1.jpg"]}, 0, 0.2,
+        0.3, "/data",
+    ).to_dict()  # fmt: skip
+    with pytest.raises(DataError, match=r"'a/1.jpg' is listed in test and in train"):
+        SplitRecord.from_dict(record, "splits.json")
+    record["test"], record["train"] = [], ["a/1.jpg", "b/2.jpg", "b/2.jpg"]
+    with pytest.raises(DataError, match=r"'b/2.jpg' is listed in train twice"):
+        SplitRecord.from_dict(record, "splits.json")
+
+
+def _counted_smallest_class(fractions: tuple[float, float]) -> int:
+    n = 1
+    while not splitting._enough(splitting._part_sizes(n, fractions), fractions):
+        n += 1
+    return n
+
+
+def test_the_smallest_class_is_computed_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error's "each class needs N images" equals counting up for ordinary shares, and
+    a share of 1e-6 (N about 500,000) takes a bounded number of tries, not N."""
+    for fractions in [(0.2, 0.3), (0.1, 0.0), (0.0, 0.0), (0.5, 0.49), (0.05, 0.01), (0.9, 0.05)]:
+        assert splitting._smallest_class(fractions) == _counted_smallest_class(fractions)
+    enough, tries = splitting._enough, []
+    monkeypatch.setattr(splitting, "_enough", lambda *a: tries.append(1) or enough(*a))
+    n = splitting._smallest_class((1e-6, 0.0))
+    assert len(tries) <= 1000
+    assert enough(splitting._part_sizes(n, (1e-6, 0.0)), (1e-6, 0.0))
+    assert not enough(splitting._part_sizes(n - 1, (1e-6, 0.0)), (1e-6, 0.0))
+    # train's share tiny: a bound that surely leaves train an image, found at once
+    tries.clear()
+    n = splitting._smallest_class((1 - 1e-9, 0.0))
+    assert len(tries) <= 1010 and enough(splitting._part_sizes(n, (1 - 1e-9, 0.0)), (1 - 1e-9, 0))
+
+
 def _train(runs: Path, root: Path, *extra: str, name: str = "r") -> int:
     return main(
         [
@@ -178,18 +214,36 @@ def test_resume_reads_the_recorded_split(tmp_path: Path, capsys: pytest.CaptureF
     data = tmp_path / "caltech"
     write_image_tree(data, CLASSES, PER_CLASS)
     runs = tmp_path / "runs"
-    assert _train(runs, data, "train.max_steps=1") == 0  # stops inside the epoch
+    # 3 epochs of 2 steps; stops inside the first
+    assert _train(runs, data, "train.epochs=3", "train.max_steps=1") == 0
     record = SplitRecord.read(runs / "r" / SPLITS_FILE)
+    # Another split of the same files, as large: only the records tell them apart.
+    other = build_raw_splits(_cfg(data, test_fraction=0.3, split_seed=1)).info["split_record"]
+    assert other.files != record.files and len(other.files["train"]) == 15
+    other.write(tmp_path / "other.json")
     for k in range(5):  # a carve now would give train 18 images, not 15
         write_jpeg(data / "airplanes" / f"new_{k}.jpg", seed=800 + k)
-    # Without the record the resume is refused: the train split changed size.
-    (runs / "r" / SPLITS_FILE).rename(tmp_path / SPLITS_FILE)
+    # Without the record the resume is refused, saying what to do: never carved again.
+    kept = tmp_path / "kept.json"
+    (runs / "r" / SPLITS_FILE).rename(kept)
     capsys.readouterr()
-    assert _train(runs, data, "train.max_steps=2", "--resume") != 0
-    assert "the train split now has 18 images" in capsys.readouterr().err
-    # With it, the run continues on the files it started with, and says what it left out.
-    (tmp_path / SPLITS_FILE).rename(runs / "r" / SPLITS_FILE)
-    assert _train(runs, data, "--resume") == 0
+    assert _train(runs, data, "train.epochs=3", "train.max_steps=2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"its record {runs / 'r' / SPLITS_FILE} is missing" in err
+    assert "Restore splits.json into the run folder" in err and "data.split_file=PATH" in err
+    # data.split_file may name the record on resume; the run continues on its files.
+    argv = ["train", "--resume", f"train.output_dir={runs}", "train.run_name=r"]
+    assert main([*argv, f"data.split_file={kept}", "train.max_steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 5 image(s) under data.root are in no split recorded" in out
+    assert f"read from {kept}" in out
+    assert SplitRecord.read(runs / "r" / SPLITS_FILE) == record  # the run folder has it again
+    # A given record is read, not replaced by the run folder's: another split is refused.
+    assert main([*argv, f"data.split_file={tmp_path / 'other.json'}"]) == 2
+    err = capsys.readouterr().err
+    assert "records another split than the run's own" in err
+    # With the run folder's record, the run continues on the files it started with.
+    assert _train(runs, data, "train.epochs=3", "--resume") == 0
     out = capsys.readouterr().out
     assert "note: 5 image(s) under data.root are in no split recorded" in out
     assert SplitRecord.read(runs / "r" / SPLITS_FILE) == record

@@ -106,6 +106,8 @@ def test_each_layout_mistake_is_named(tmp_path: Path) -> None:
     _fails(root, r"1 image\(s\) in .* have no line in .*val_4.JPEG")
     notes.write_text(good + "broken line\n")
     _fails(root, "expected 'file<TAB>wnid")
+    notes.write_bytes(good.encode() + b"val_9.JPEG\tn01443537\t\xff\xfe\n")  # not UTF-8
+    _fails(root, r"val_annotations.txt' is not UTF-8 text")
     notes.write_text(good)
 
     (root / "wnids.txt").write_text("n01443537\nn02124075\nn03126707\nn04067472\n")
@@ -114,6 +116,8 @@ def test_each_layout_mistake_is_named(tmp_path: Path) -> None:
     _fails(root, r"class folder\(s\) \['n03126707'\] that wnids.txt does not list")
     (root / "wnids.txt").write_text("n01443537\nn01443537\nn02124075\nn03126707\n")
     _fails(root, r"lists \['n01443537'\] more than once")
+    (root / "wnids.txt").write_bytes("n01443537\nn02124075\nn03126707 \u00e9\n".encode("latin-1"))
+    _fails(root, r"wnids.txt' is not UTF-8 text")
 
     (root / "wnids.txt").unlink()
     _fails(root, "has no wnids.txt .* give the extracted tiny-imagenet-200 folder")

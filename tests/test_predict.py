@@ -46,6 +46,7 @@ def test_predict_json_matches_the_model_on_eval_tensors(tmp_path, capsys, digits
         assert Path(pred["path"]).name.startswith(f"{i}_")  # sorted folder order
         top = want[i].topk(3)
         assert [p["class"] for p in pred["topk"]] == [str(int(k)) for k in top.indices]
+        assert all(p["name"] == p["class"] for p in pred["topk"])  # digits: names are ids
         got = torch.tensor([p["probability"] for p in pred["topk"]])
         torch.testing.assert_close(got, top.values, rtol=0, atol=1e-6)
 

@@ -179,7 +179,7 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def assert_same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
-    assert [p["class"] for p in got] == [p["class"] for p in want]
+    assert [(p["class"], p["name"]) for p in got] == [(p["class"], p["name"]) for p in want]
     for g, w in zip(got, want, strict=True):
         assert abs(g["probability"] - w["probability"]) <= TOL
 
@@ -225,7 +225,7 @@ def test_model_health_ready_and_page(server, backend) -> None:
     info = httpx.get(f"{server.url}/v1/model").json()
     assert info["model"] == "resnext29_2x4d" and info["file"] == "tiny.pt"
     assert info["parameters"] == 38_202 and info["num_classes"] == 10
-    assert info["classes"] == [str(i) for i in range(10)]
+    assert info["classes"] == info["names"] == [str(i) for i in range(10)]
     assert info["preprocess"]["image_size"] == 32 and info["backend"] == backend
     assert info["settings"]["max_pixels"] == MAX_PIXELS
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "alive"}
@@ -433,7 +433,7 @@ def test_page_in_headless_chromium_shows_the_top1(server, digits, expected, tmp_
         )
         assert card.get_attribute("data-state") == "done", card.text
         labels = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".row .label")]
-        assert labels == [p["class"] for p in expected[digits[3].name]]
+        assert labels == [p["name"] for p in expected[digits[3].name]]  # names, not ids
         assert driver.save_screenshot(str(tmp_path / "page.png"))
     finally:
         driver.quit()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 import socket
 import threading
@@ -22,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from helpers import tiny_checkpoint
+from resnext.cli import main
 from resnext.inference import Classifier
 from resnext.serve import ServeSettings, create_app
 from resnext.serve.batching import Batcher, BatcherClosed, Overloaded
@@ -282,3 +284,28 @@ def test_an_exported_onnx_file_serves_like_its_checkpoint(tmp_path: Path) -> Non
             answers.append((info["model"], info["parameters"], info["classes"], r.json()))
     assert answers[0] == answers[1]
     assert answers[0][1] == 38_202
+
+
+def test_wordnet_classes_answer_their_id_and_name_as_resnext_predict_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A model trained on ImageNet-style folders: "class" is the WordNet id, "name" what
+    people read, equal to `resnext predict --json`; /v1/model lists both."""
+    wnids = ["n01443537", "n02124075", "n03126707"]
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", num_classes=3, classes=wnids)
+    (tmp_path / "x.png").write_bytes(png())
+    argv = ["predict", str(ckpt), str(tmp_path / "x.png"), "--json", "--backend", "eager"]
+    assert main([*argv, "--no-progress"]) == 0
+    want = json.loads(capsys.readouterr().out)["predictions"][0]["topk"]
+    assert {p["class"] for p in want} == set(wnids)
+    clf = Classifier.from_checkpoint(ckpt, backend="eager")
+    with running(create_app(clf, ServeSettings(), source=str(ckpt))) as client:
+        wait_ready(client)
+        info = client.get("/v1/model").json()
+        assert info["classes"] == wnids
+        assert info["names"] == ["goldfish, Carassius auratus", "Egyptian cat", "crane"]
+        r = client.post("/v1/predict", content=png(), headers={"content-type": "image/png"})
+    got = r.json()["predictions"][0]["topk"]
+    assert [(p["class"], p["name"]) for p in got] == [(p["class"], p["name"]) for p in want]
+    for g, w in zip(got, want, strict=True):
+        assert abs(g["probability"] - w["probability"]) <= 1e-5

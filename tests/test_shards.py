@@ -5,6 +5,7 @@ pack can be wrong."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -13,6 +14,7 @@ import re
 import shutil
 import sys
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +24,22 @@ from PIL import Image
 
 from resnext.cli import main
 from resnext.config import ConfigError, DataConfig
-from resnext.data import BadImageError, build_splits, make_loader, set_loader_epoch
+from resnext.data import (
+    BadImageError,
+    bad_file_report,
+    build_splits,
+    make_loader,
+    set_loader_epoch,
+)
 from resnext.data.pack import pack_dataset, parse_size
-from resnext.data.shards import ShardError, ShardSplit, plan_epoch, webdataset_splits
+from resnext.data.shards import (
+    ShardError,
+    ShardSplit,
+    plan_epoch,
+    read_shard,
+    shard_order,
+    webdataset_splits,
+)
 from resnext.errors import DataError
 
 BATCH = 32
@@ -92,6 +107,35 @@ def test_packing_twice_gives_the_same_bytes(packed: Path, tmp_path: Path) -> Non
     assert (tmp_path / "val-000001.tar").read_bytes() == (packed / "val-000001.tar").read_bytes()
 
 
+def test_another_packing_seed_has_another_fingerprint(tmp_path: Path, capsys) -> None:
+    """One shard holding the same images in another order has the same size (tar pads to
+    10 KiB records): the fingerprint hashes each shard's SHA-256, recorded while packing."""
+    fingerprints, sizes = [], []
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        args = ["pack", "data.name=digits", "-o", str(out), "--splits", "train", "--no-progress"]
+        assert main([*args, "--shard-samples", "5000", "--seed", str(seed)]) == 0
+        [shard] = json.loads((out / "index.json").read_text())["splits"]["train"]["shards"]
+        assert shard["sha256"] == hashlib.sha256((out / shard["file"]).read_bytes()).hexdigest()
+        sizes.append(shard["bytes"])
+        fingerprints.append(_shards(out).train.base.fingerprint)
+    assert sizes[0] == sizes[1]  # names, counts and sizes alone cannot tell the packs apart
+    assert fingerprints[0] != fingerprints[1]
+
+
+def test_a_pack_without_shard_digests_keeps_its_fingerprint(copy: Path) -> None:
+    """Packs written before the digests were recorded still read, fingerprinted as then (by
+    names, counts and sizes), so their runs' checkpoints still resume."""
+    index = json.loads((copy / "index.json").read_text())
+    for entry in index["splits"].values():
+        for shard in entry["shards"]:
+            del shard["sha256"]
+    (copy / "index.json").write_text(json.dumps(index))
+    train = _shards(copy).train.base
+    listing = [(s["file"], s["count"], s["bytes"]) for s in index["splits"]["train"]["shards"]]
+    assert train.fingerprint == hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
 def test_pack_command_prints_its_table_and_refuses_a_used_folder(tmp_path: Path, capsys) -> None:
     args = ["pack", "data.name=digits", "-o", str(tmp_path), "--splits", "test", "--no-progress"]
     assert main([*args, "--shard-size", "200k"]) == 0
@@ -107,8 +151,9 @@ def test_pack_command_prints_its_table_and_refuses_a_used_folder(tmp_path: Path,
 def test_shard_sizes_parse() -> None:
     assert parse_size("256MB") == 256 * 1024**2 and parse_size("1GiB") == 1024**3
     assert parse_size("500k") == 512_000 and parse_size("1000") == 1000
-    with pytest.raises(ConfigError, match="not a size"):
-        parse_size("big")
+    for text in ("big", "inf", "nan", "-inf", "1e999", "infMB"):
+        with pytest.raises(ConfigError, match="not a size"):
+            parse_size(text)
 
 
 # -- reading in order -------------------------------------------------------------------------
@@ -237,6 +282,35 @@ def test_the_shuffle_buffer_mixes_the_shards(packed: Path) -> None:
     assert not torch.equal(mixed, packed_order)
 
 
+def test_the_training_streams_read_through_the_shuffle_buffer(packed: Path) -> None:
+    """The training path (shuffled and padded, as the trainer reads; one process, so one
+    stream holding every shard): without a buffer the labels come shard by shard in the
+    epoch's shard order, each sample once; a buffer of 200 mixes them. Either way every
+    epoch has exactly ceil(1259 / 32) batches, the last short. (With a buffer the stream's
+    second pass over its shards feeds the buffer before the first has drained it, so up to
+    200 samples of an epoch are repeats in place of unread ones.)"""
+    n = 1259
+    labels: dict[int, list[torch.Tensor]] = {}
+    for buffer in (0, 200):
+        train = _shards(packed, shuffle_buffer=buffer).train
+        loader = make_loader(train, BATCH, shuffle=True, seed=3)  # pad: the trainer's
+        for epoch in (0, 1):
+            set_loader_epoch(loader, epoch)
+            batches = _batches(loader)
+            assert len(loader) == len(batches) == math.ceil(n / BATCH) == 40
+            assert [len(y) for _, y in batches] == [BATCH] * 39 + [n - 39 * BATCH]
+            labels.setdefault(buffer, []).append(torch.cat([y for _, y in batches]))
+    split = train.base
+    for epoch in (0, 1):
+        order = shard_order(len(split.shards), 3, epoch, shuffle=True)
+        stored = [s.label for i in order for s in read_shard(split.shards[i], 10)]
+        assert labels[0][epoch].tolist() == stored
+        extra = Counter(labels[200][epoch].tolist()) - Counter(stored)
+        assert sum(extra.values()) <= 200  # the same samples, but for the buffer's last fill
+        assert not torch.equal(labels[200][epoch], labels[0][epoch])
+    assert not torch.equal(labels[200][0], labels[200][1])  # each epoch its own mix
+
+
 # -- a pack that is wrong -------------------------------------------------------------------
 @pytest.fixture
 def copy(packed: Path, tmp_path: Path) -> Path:
@@ -288,6 +362,26 @@ def test_a_corrupt_image_inside_a_shard_follows_on_bad_file(copy: Path) -> None:
         _batches(make_loader(_shards(copy).val, BATCH, shuffle=False))
     batches = _batches(make_loader(_shards(copy, on_bad_file="skip").val, BATCH, shuffle=False))
     assert [len(y) for _, y in batches] == [32] * 5 + [19]  # replaced, not dropped
+    # Counted for the trainer's epoch line (bad_file_report), from a loader worker too, and
+    # once however often it is read.
+    val = _shards(copy, on_bad_file="skip").val
+    assert bad_file_report(val).count == 0
+    loader = make_loader(val, BATCH, shuffle=False, num_workers=1)
+    for _ in range(2):
+        _batches(loader)
+    report = bad_file_report(val)
+    assert report.count == 1 and re.search(r"val-000000\.tar sample 00000003$", report.paths[0])
+
+
+def test_an_index_of_the_wrong_shape_is_named(copy: Path) -> None:
+    index = json.loads((copy / "index.json").read_text())
+    for splits in (["train"], {"train": "train-000000.tar"}, {"val": {"shards": ["x.tar"]}}):
+        (copy / "index.json").write_text(json.dumps({**index, "splits": splits}))
+        with pytest.raises(ShardError, match=r"index\.json is damaged .*run resnext pack again"):
+            _shards(copy)
+    (copy / "index.json").write_text(json.dumps({**index, "source": ["digits"]}))
+    with pytest.raises(ShardError, match=r"index\.json is damaged"):
+        _shards(copy)
 
 
 def test_folders_that_are_not_packs_say_so(tmp_path: Path, copy: Path) -> None:

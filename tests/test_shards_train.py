@@ -93,7 +93,8 @@ def test_one_process_stopped_mid_epoch_resumes_to_the_uninterrupted_run(
     assert _train(tmp_path, packed, "stopped", "train.max_steps=17") == 0  # epoch 2, batch 5
     assert load_checkpoint(tmp_path / "stopped" / "last.pt")["epoch_step"] == 5
     capsys.readouterr()
-    assert _train(tmp_path, packed, "stopped", "--resume") == 0
+    # One loader worker reads as the main process did: one stream either way (max(1, n)).
+    assert _train(tmp_path, packed, "stopped", "data.num_workers=1", "--resume") == 0
     out = capsys.readouterr().out
     assert "the shard streams replay epoch 2 up to batch 5" in out
     _same_run(tmp_path / "stopped", tmp_path / "straight")
@@ -107,12 +108,12 @@ def test_one_process_stopped_mid_epoch_resumes_to_the_uninterrupted_run(
             "--resume",
             f"train.output_dir={tmp_path}",
             "train.run_name=stopped",
-            "data.num_workers=1",
+            "data.num_workers=2",
         ]
     )
     assert code == 2
     assert re.search(
-        "data.num_workers: 0 .checkpoint. vs 1 .now., refused because each loader worker",
+        r"data.num_workers: 1 .checkpoint. vs 2 .now., refused because each loader stream",
         capsys.readouterr().err,
     )
     repacked = _pack(tmp_path / "repacked", 30)  # the same images in other shards

@@ -1,5 +1,5 @@
 """Classes that are WordNet ids (ImageNet and Tiny ImageNet folders) are shown by their names
-in predictions and eval reports; checkpoints keep the ids."""
+in predictions and eval reports; checkpoints, `Classifier.topk` and JSON "class" keep the ids."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from helpers import tiny_checkpoint
 from resnext import Classifier
 from resnext.cli import main
 from resnext.inference import imagenet_classes
-from resnext.inference.classes import WNID, imagenet_wnids, readable_names
+from resnext.inference.classes import WNID, imagenet_wnids, readable_names, with_id
 from resnext.weights import load_checkpoint
 from test_data_tiny_imagenet import VAL, write_tiny_imagenet
 
@@ -51,14 +51,20 @@ def test_readable_names_name_wnids_and_leave_the_rest() -> None:
     assert readable_names(imagenet_wnids())[1] == "goldfish, Carassius auratus"
 
 
-def test_classifier_predicts_names_and_keeps_the_ids(tmp_path: Path) -> None:
+def test_classifier_predicts_the_ids_and_names_them(tmp_path: Path) -> None:
     wnids = ["n01443537", "n02124075", "n03126707"]
     ckpt = tiny_checkpoint(tmp_path / "c.pt", num_classes=3, classes=wnids)
     clf = Classifier.from_checkpoint(ckpt, device="cpu", backend="eager")
     assert clf.classes == wnids
     assert clf.names == ["goldfish, Carassius auratus", "Egyptian cat", "crane"]
     top = clf.predict(torch.zeros(3, 32, 32, dtype=torch.uint8), topk=3)
-    assert sorted(name for name, _ in top[0]) == sorted(clf.names)
+    assert sorted(c for c, _ in top[0]) == wnids  # the model's classes, as before names
+    assert [clf.name_of(w) for w in wnids] == clf.names
+    assert with_id("goldfish, Carassius auratus", "n01443537") == (
+        "goldfish, Carassius auratus (n01443537)"
+    )
+    assert with_id("crane (n03126707)", "n03126707") == "crane (n03126707)"
+    assert with_id("7", "7") == "7"
 
 
 def test_tiny_imagenet_run_predicts_and_reports_names(
@@ -89,11 +95,19 @@ def test_tiny_imagenet_run_predicts_and_reports_names(
     assert load_checkpoint(best)["classes"] == ["n01443537", "n02124075", "n03126707"]
 
     image = root / "val" / "images" / VAL[0][0]
-    assert (
-        main(["predict", str(best), str(image), "--json", "--topk", "3", "--backend", "eager"]) == 0
-    )
+    argv = ["predict", str(best), str(image), "--topk", "3", "--backend", "eager"]
+    assert main([*argv, "--json"]) == 0
     topk = json.loads(capsys.readouterr().out)["predictions"][0]["topk"]
-    assert {c["class"] for c in topk} == {"goldfish, Carassius auratus", "Egyptian cat", "crane"}
+    names = {"n01443537": "goldfish, Carassius auratus", "n02124075": "Egyptian cat"}
+    names["n03126707"] = "crane"
+    assert {c["class"]: c["name"] for c in topk} == names  # the id, and what people read
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert sorted(re.sub(r"  \([\d.]+%\)$", "", x.strip()) for x in lines) == [
+        "Egyptian cat (n02124075)",
+        "crane (n03126707)",
+        "goldfish, Carassius auratus (n01443537)",
+    ]
 
     report = tmp_path / "eval.json"
     argv = ["eval", str(best), "--split", "val", "--backend", "eager", "--no-progress"]

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from .config import Config, from_dict, merge_overrides, resolve_batch_size
-from .data import build_splits
+from .config import Config, DataConfig, from_dict, merge_overrides, resolve_batch_size
+from .data import Splits, build_splits
 from .data.shards import check_train_streams
-from .data.splitting import SPLITS_FILE, recorded_split
+from .data.splitting import SPLITS_FILE, SplitRecord, recorded_split
 from .engine import (
     DistInfo,
     FitResult,
@@ -172,6 +172,36 @@ def resolve_run_config(
     return cfg, resume, ckpt
 
 
+def _resumed_splits(data: DataConfig, run_folder: Path) -> Splits:
+    """The splits a resumed run reads: where the reader carves them from one folder of
+    classes, the split the run recorded (``run_folder/splits.json``, or the record
+    ``data.split_file`` names), never a new carve of files that may have changed since."""
+    own = run_folder / SPLITS_FILE
+    used = recorded_split(data, run_folder) if data.split_file is None else data
+    splits = build_splits(used)
+    record = splits.info.get("split_record")
+    if record is None:  # the reader's splits are fixed (split folders, a pack, ...)
+        return splits
+    if used.split_file is None:
+        raise DataError(
+            f"the run in {run_folder} carved its splits from one folder of classes, but its "
+            f"record {own} is missing; carving them again from the files under data.root "
+            "could move images the model trained on into val or test. Restore "
+            f"{SPLITS_FILE} into the run folder (from a copy of it), or pass "
+            "data.split_file=PATH naming the run's record"
+        )
+    given = Path(used.split_file).expanduser()
+    if own.is_file() and given.resolve() != own.resolve():
+        kept = SplitRecord.read(own)
+        if (kept.classes, kept.files) != (record.classes, record.files):
+            raise DataError(
+                f"data.split_file={used.split_file!r} records another split than the run's "
+                f"own {own}: the run cannot continue exactly on other files; drop "
+                "data.split_file to resume on the run's record"
+            )
+    return splits
+
+
 # -- the job ------------------------------------------------------------------------------
 def _train(
     cfg: Config,
@@ -201,9 +231,7 @@ def _train(
     if dist.is_main:
         _check_writable(run_dir, create=False)
 
-    # A resume reads the split its run recorded (splits.json, one-folder image trees), not a
-    # new carve of files that may have changed since.
-    splits = build_splits(recorded_split(cfg.data, resume.parent) if resume else cfg.data)
+    splits = _resumed_splits(cfg.data, resume.parent) if resume else build_splits(cfg.data)
     for note in splits.info.get("notes", ()):
         say(f"note: {note}")
     classes = list(splits.classes)

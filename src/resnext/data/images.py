@@ -204,7 +204,8 @@ class BadFileReport:
 
 
 def bad_file_report(dataset: Any) -> BadFileReport:
-    """Count the unreadable files a dataset (or a transformed/subset view of it) skipped.
+    """Count the unreadable files a dataset (or a transformed/subset view of it) skipped:
+    image files, or images inside WebDataset shards.
 
     Call it at the end of an epoch; datasets without image files report zero.
     """
@@ -221,6 +222,8 @@ def bad_file_report(dataset: Any) -> BadFileReport:
                 seen.extend(base.paths[i] for i in ds.indices if i in bad)
             else:
                 stack.append(base)
+        elif callable(getattr(ds, "bad_paths", None)):  # a shard split (resnext.data.shards)
+            seen.extend(ds.bad_paths())
         elif hasattr(ds, "base"):
             stack.append(ds.base)
         elif hasattr(ds, "dataset"):  # torch.utils.data.Subset and friends

@@ -14,8 +14,10 @@ The index is written last: a folder without one is an unfinished pack.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import math
 import os
 import random
 import time
@@ -49,9 +51,9 @@ def parse_size(text: str) -> int:
     try:
         value = float(number) * units[unit]
     except ValueError:
-        raise ConfigError(
-            f"shard size {text!r} is not a size; write e.g. 256MB, 1GB or 500k"
-        ) from None
+        value = math.nan
+    if not math.isfinite(value):  # "inf", "nan", "1e999"
+        raise ConfigError(f"shard size {text!r} is not a size; write e.g. 256MB, 1GB or 500k")
     if value < 1:
         raise ConfigError(f"shard size must be positive, got {text!r}")
     return int(value)
@@ -123,9 +125,29 @@ def _first(batch: Any) -> Any:
     return batch
 
 
+class _HashingFile:
+    """A file opened for writing that hashes (SHA-256) every byte written through it, so a
+    shard's digest costs no second read."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 (closed in close)
+        self.name = str(path)
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class _ShardWriter:
     """Writes one split's samples into ``{split}-NNNNNN.tar`` files of at most ``max_bytes``
-    (and ``max_samples``) each, and records every shard's count and size."""
+    (and ``max_samples``) each, and records every shard's count, size and SHA-256."""
 
     def __init__(
         self, out: Path, split: str, max_bytes: int, max_samples: int | None, written: list[Path]
@@ -154,7 +176,7 @@ class _ShardWriter:
         if self._tar is None:
             name = f"{self.split}-{len(self.shards):06d}.tar"
             self.written.append(self.out / name)
-            self._file = open(self.out / name, "wb")  # noqa: SIM115 (closed in _close)
+            self._file = _HashingFile(self.out / name)
             # mtime 0: packing the same data twice gives the same bytes.
             self._tar = self.wds.TarWriter(self._file, encoder=False, mtime=0)
             self.shards.append({"file": name, "count": 0, "bytes": 0})
@@ -169,6 +191,7 @@ class _ShardWriter:
         entry = self.shards[-1]
         entry["count"] = self._count
         entry["bytes"] = (self.out / entry["file"]).stat().st_size
+        entry["sha256"] = self._file.sha256.hexdigest()  # what the run's fingerprint hashes
         self._tar = self._file = None
 
     def close(self) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ A pack is a folder (``data.root``)::
 
     index.json          format and version, classes, mean/std, the source (reader and its
                         data config), and per split: the image count, the count of each
-                        class, and each shard's file, sample count and size in bytes
+                        class, its order (the train split's packing seed), and each shard's
+                        file, sample count, size in bytes and SHA-256
     train-000000.tar    WebDataset tar shards: per sample ``<key>.<ext>``, the image (the
     train-000001.tar    source file's own bytes, or PNG for in-memory datasets such as
     val-000000.tar      digits, MNIST or CIFAR) and ``<key>.cls``, the label as decimal
@@ -106,6 +107,7 @@ class Shard:
     path: Path
     count: int  # samples
     bytes: int  # file size
+    sha256: str | None = None  # of the file's bytes, as written (packs before it: None)
 
 
 def read_index(root: str | Path | None) -> dict[str, Any]:
@@ -157,9 +159,17 @@ def _check_index(index: dict[str, Any]) -> None:
         raise ValueError("classes must be a non-empty list of names")
     if len(index["mean"]) != len(index["std"]):
         raise ValueError("mean and std differ in length")
+    if not isinstance(index.get("source") or {}, dict):
+        raise ValueError('"source" must be an object')
+    if not isinstance(index["splits"], dict):
+        raise ValueError('"splits" must be an object of split name -> split')
     for name, entry in index["splits"].items():
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
+            raise ValueError(f"split {name} must be an object with a list of shards")
+        if not all(isinstance(s, dict) for s in entry["shards"]):
+            raise ValueError(f"split {name}: every shard entry must be an object")
         counts = [int(s["count"]) for s in entry["shards"]]
         if sum(counts) != int(entry["count"]) or any(c < 1 for c in counts):
             raise ValueError(
@@ -169,6 +179,14 @@ def _check_index(index: dict[str, Any]) -> None:
         for s in entry["shards"]:
             if Path(s["file"]).name != s["file"] or int(s["bytes"]) < 1:
                 raise ValueError(f"split {name}: bad shard entry {s}")
+            digest = s.get("sha256")
+            if digest is not None and not (
+                isinstance(digest, str) and len(digest) == 64 and set(digest) <= _HEX
+            ):
+                raise ValueError(f"split {name}: shard {s['file']} has no valid sha256")
+
+
+_HEX = set("0123456789abcdef")
 
 
 class ShardSplit(Dataset):
@@ -185,14 +203,24 @@ class ShardSplit(Dataset):
         num_classes: int,
         on_bad_file: str = "error",
         shuffle_buffer: int = 1000,
+        order: str | None = None,
     ) -> None:
-        self.root, self.name, self.shards = root, name, list(shards)
+        self.root, self.name, self.shards, self.order = root, name, list(shards), order
         self.num_classes, self.on_bad_file, self.shuffle_buffer = (
             num_classes,
             on_bad_file,
             shuffle_buffer,
         )
         self.count = sum(s.count for s in self.shards)
+        # Where each shard's samples start in _bad, which holds the key of each sample found
+        # unreadable under data.on_bad_file=skip (-1: not found so). In shared memory, as
+        # ImageFiles' flags are, so a loader worker's finding reaches the trainer's report.
+        self._starts: dict[str, int] = {}
+        start = 0
+        for s in self.shards:
+            self._starts[s.path.name] = start
+            start += s.count
+        self._bad = torch.full((self.count,), -1, dtype=torch.int32).share_memory_()  # keys < 1e8
 
     def __len__(self) -> int:
         return self.count
@@ -205,10 +233,41 @@ class ShardSplit(Dataset):
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the shard files, counts and sizes: another pack of the same images
-        (other shard sizes, another packing seed) has another fingerprint."""
-        listing = [(s.path.name, s.count, s.bytes) for s in self.shards]
+        """A short hash of the shards' contents (their SHA-256, counts and names) and the
+        split's recorded order: another pack of the same images (other shard sizes, another
+        packing seed) has another fingerprint.
+
+        Packs written before the index recorded each shard's SHA-256 are fingerprinted as
+        they were then, by names, counts and sizes only (so their runs still resume): there
+        a re-pack with another seed can share the fingerprint."""
+        if any(s.sha256 is None for s in self.shards):
+            listing: Any = [(s.path.name, s.count, s.bytes) for s in self.shards]
+        else:
+            shards = [(s.path.name, s.count, s.bytes, s.sha256) for s in self.shards]
+            listing = {"order": self.order, "shards": shards}
         return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+    def mark_bad(self, sample: RawSample) -> bool:
+        """Record an unreadable sample (skip policy); True the first time it is found."""
+        slot = self._starts[sample.shard] + sample.position
+        if int(self._bad[slot]) >= 0:
+            return False
+        self._bad[slot] = sample.index
+        return True
+
+    def bad_paths(self) -> list[str]:
+        """The samples found unreadable so far (skip policy), in packed order, each as its
+        key in its shard (what :func:`~resnext.data.bad_file_report` counts)."""
+        found = torch.nonzero(self._bad >= 0).flatten().tolist()
+        out = []
+        for s in self.shards:
+            start = self._starts[s.path.name]
+            out.extend(
+                f"{s.path} sample {int(self._bad[i]):0{KEY_DIGITS}d}"
+                for i in found
+                if start <= i < start + s.count
+            )
+        return out
 
     def check_files(self) -> None:
         """Every shard exists with the size the index records (a cheap check for a missing,
@@ -239,9 +298,18 @@ def webdataset_splits(cfg: DataConfig) -> Splits:
     parts: dict[str, ShardSplit] = {}
     for name, entry in index["splits"].items():
         shards = [
-            Shard(root / s["file"], int(s["count"]), int(s["bytes"])) for s in entry["shards"]
+            Shard(root / s["file"], int(s["count"]), int(s["bytes"]), s.get("sha256"))
+            for s in entry["shards"]
         ]
-        part = ShardSplit(root, name, shards, len(classes), cfg.on_bad_file, cfg.shuffle_buffer)
+        part = ShardSplit(
+            root,
+            name,
+            shards,
+            len(classes),
+            cfg.on_bad_file,
+            cfg.shuffle_buffer,
+            order=str(entry.get("order")) if entry.get("order") is not None else None,
+        )
         part.check_files()
         parts[name] = part
     source = index.get("source") or {}
@@ -342,6 +410,7 @@ class RawSample:
     data: bytes
     label: int
     shard: str  # file name, for messages
+    position: int = 0  # the sample's place in its shard
 
 
 def decode_image(data: bytes, where: str) -> Image.Image:
@@ -366,7 +435,7 @@ def read_shard(shard: Shard, num_classes: int) -> Iterator[RawSample]:
         with open(shard.path, "rb") as f:
             files = wds.tariterators.tar_file_expander([{"url": str(shard.path), "stream": f}])
             for sample in wds.tariterators.group_by_keys(files):
-                yield _parse(sample, shard, num_classes)
+                yield _parse(sample, shard, num_classes, n)
                 n += 1
     except ResnextError:
         raise
@@ -383,7 +452,7 @@ def read_shard(shard: Shard, num_classes: int) -> Iterator[RawSample]:
         )
 
 
-def _parse(sample: dict[str, Any], shard: Shard, num_classes: int) -> RawSample:
+def _parse(sample: dict[str, Any], shard: Shard, num_classes: int, position: int) -> RawSample:
     key = sample["__key__"]
     images = [k for k in sample if not k.startswith("__") and k != LABEL_EXT]
     if LABEL_EXT not in sample or len(images) != 1 or not key.isdigit():
@@ -401,7 +470,7 @@ def _parse(sample: dict[str, Any], shard: Shard, num_classes: int) -> RawSample:
             f"sample {key} of shard {shard.path} has label {sample[LABEL_EXT]!r}, not a class "
             f"index in 0..{num_classes - 1}: the shard and index.json do not match"
         )
-    return RawSample(int(key), images[0], sample[images[0]], label, shard.path.name)
+    return RawSample(int(key), images[0], sample[images[0]], label, shard.path.name, position)
 
 
 def _shuffled(samples: Iterator[RawSample], size: int, rng: random.Random) -> Iterator[RawSample]:
@@ -545,7 +614,8 @@ class ShardStream(IterableDataset):
             except BadImageError as e:
                 if self.split.on_bad_file == "error":
                     raise
-                log.warning("skipping unreadable image %s: %s", e.path, e.reason)
+                if self.split.mark_bad(r):  # logged once; the trainer's epoch line counts it
+                    log.warning("skipping unreadable image %s: %s", e.path, e.reason)
                 out.append(None)
                 continue
             seed = sample_seed(self.seed, epoch, r.index)

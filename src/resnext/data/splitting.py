@@ -17,6 +17,7 @@ Two cases:
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -116,6 +117,17 @@ class SplitRecord:
                     "new training run"
                 )
             files[split] = paths
+        seen: dict[str, str] = {}
+        for split, paths in files.items():
+            for path in paths:
+                if path in seen:
+                    where_else = "twice" if seen[path] == split else f"and in {seen[path]}"
+                    raise DataError(
+                        f"{where}: {path!r} is listed in {split} {where_else}; a file belongs "
+                        "to one split only (else the model could be tested on what it trained "
+                        "on): the record is damaged, write it again with a new training run"
+                    )
+                seen[path] = split
         try:
             return cls(
                 classes,
@@ -172,11 +184,31 @@ def _part_sizes(n: int, fractions: Sequence[float]) -> list[int]:
 
 
 def _smallest_class(fractions: Sequence[float]) -> int:
-    """The fewest images a class needs for one in train and in each split with a share."""
-    n = 1
-    while not _enough(_part_sizes(n, fractions), fractions):
+    """The fewest images a class needs for one in train and in each split with a share
+    (for the error message; computed, not counted up, since a share of 1e-9 needs 5e8).
+
+    A split with share f gets ``round(n * f)`` images: none while ``n * f <= 0.5``, so the
+    smallest n is above ``0.5 / f`` for every share. Train gets the rest, which rounding
+    makes uneven in n: the sizes from that bound on are tried, a bounded number of them.
+    Past those (train's share is tiny), the first n with ``n * (1 - sum) - (number of
+    shares) / 2 >= 1`` surely leaves train one image: a bound, within a factor of about
+    three of the smallest."""
+    shares = [f for f in fractions if f > 0]
+    low = max([1, *(math.floor(0.5 / f) for f in shares)])
+    for n in range(max(1, low - 1), low + _SIZES_TRIED):  # from one below: float slack
+        if _enough(_part_sizes(n, fractions), fractions):
+            return n
+    rest = 1.0 - sum(fractions)
+    if rest <= 0:  # callers check the fractions first (check_fractions)
+        raise ValueError(f"shares {list(fractions)} leave nothing to train on")
+    n = max(low, math.ceil((1 + len(shares) / 2) / rest))
+    while not _enough(_part_sizes(n, fractions), fractions):  # float slack: a step or two
         n += 1
     return n
+
+
+#: How many class sizes :func:`_smallest_class` tries from its lower bound.
+_SIZES_TRIED = 1000
 
 
 def _enough(sizes: list[int], fractions: Sequence[float]) -> bool:

@@ -51,8 +51,21 @@ def _dataset_folder(root: str | None) -> Path:
     )
 
 
+def _read_lines(path: Path) -> list[str]:
+    """The lines of one of the dataset's text files, or a :class:`DataError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{str(path)!r} is not UTF-8 text (byte {e.start}: {e.reason}); restore it from "
+            "the Tiny ImageNet zip"
+        ) from None
+    except OSError as e:
+        raise DataError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+
+
 def _read_wnids(path: Path) -> list[str]:
-    wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    wnids = [line.strip() for line in _read_lines(path) if line.strip()]
     if not wnids:
         raise DataError(f"{str(path)!r} lists no WordNet ids; it must hold one id a line")
     dup = sorted(w for w, n in Counter(wnids).items() if n > 1)
@@ -97,7 +110,7 @@ def _val_samples(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
     images = val / "images"
     samples: list[tuple[str, int]] = []
     named: set[str] = set()
-    for n, line in enumerate(notes.read_text().splitlines(), 1):
+    for n, line in enumerate(_read_lines(notes), 1):
         if not line.strip():
             continue
         fields = line.split("\t")

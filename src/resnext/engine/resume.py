@@ -20,6 +20,11 @@ from ..errors import ConfigError, WeightsError
 #: Config keys that may differ on resume, each with the reason it is safe.
 RESUME_MAY_CHANGE: dict[str, str] = {
     "data.root": "the dataset moved; the files and their order are the same",
+    "data.split_file": (
+        "it names the run's recorded split (splits.json) where the run folder lost its copy; "
+        "the record is checked against the run folder's own, its files against those on disk, "
+        "and the train split's size against the checkpoint's"
+    ),
     "train.max_steps": "a stop after N steps of the recipe's schedule, not part of the schedule",
     "train.device": "where the run goes (numerics may differ in the last bits across devices)",
     "train.threads": "how fast the run goes",
@@ -35,8 +40,9 @@ RESUME_MAY_CHANGE: dict[str, str] = {
 }
 
 
-def _epochs_may_change(cfg: Config) -> str | None:
-    """None where train.epochs may change on resume, else why not."""
+def _epochs_may_change(old: Config, cfg: Config) -> str | None:
+    """None where train.epochs may change on resume (``old``: the checkpoint's config,
+    ``cfg``: the new one), else why not."""
     if cfg.schedule.name == "cosine":
         return "the cosine schedule anneals over all epochs, so every later lr would change"
     if cfg.train.eval_every != 1:
@@ -47,21 +53,26 @@ def _epochs_may_change(cfg: Config) -> str | None:
     return None
 
 
-def _workers_may_change(cfg: Config) -> str | None:
+def _workers_may_change(old: Config, cfg: Config) -> str | None:
     """None where data.num_workers may change on resume, else why not."""
-    if cfg.data.name == "webdataset":
+    # A shard stream has max(1, num_workers) streams per process: 0 and 1 read alike.
+    if cfg.data.name == "webdataset" and max(1, old.data.num_workers) != max(
+        1, cfg.data.num_workers
+    ):
         return (
-            "each loader worker of a shard stream reads its own shards, so the number of "
-            "workers decides the order of the samples"
+            "each loader stream of a shard split (max(1, data.num_workers) per process) reads "
+            "its own shards, so the number of streams decides the order of the samples"
         )
     return None
 
 
-#: Keys that may change on resume only under a condition: key -> (its test, its reason).
-RESUME_MAY_CHANGE_IF: dict[str, tuple[Callable[[Config], str | None], str]] = {
+#: Keys that may change on resume only under a condition: key -> (its test of the
+#: checkpoint's and the new config, its reason).
+RESUME_MAY_CHANGE_IF: dict[str, tuple[Callable[[Config, Config], str | None], str]] = {
     "data.num_workers": (
         _workers_may_change,
-        "with the map-style readers batches are bitwise equal with 0 or N workers",
+        "with the map-style readers batches are bitwise equal with 0 or N workers; with shards "
+        "0 and 1 worker read as one stream",
     ),
     "train.epochs": (
         _epochs_may_change,
@@ -117,12 +128,13 @@ def check_resume_compatible(
             f"{path} was trained on other classes ({len(ckpt.get('classes', []))} vs "
             f"{len(classes)} now); resume with the same dataset"
         )
-    old = _flat(from_dict(ckpt.get("config") or {}).to_dict())  # old key names read as today's
+    old_cfg = from_dict(ckpt.get("config") or {})  # old key names read as today's
+    old = _flat(old_cfg.to_dict())
     new = _flat(cfg.to_dict())
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     why = dict(WHY_REFUSED)
     for key, (test, _) in RESUME_MAY_CHANGE_IF.items():
-        reason = test(cfg)
+        reason = test(old_cfg, cfg)
         if reason is not None:
             why[key] = reason
     refused = [

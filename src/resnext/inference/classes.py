@@ -79,3 +79,12 @@ def readable_names(classes: Sequence[str]) -> list[str]:
     return [
         f"{n} ({c})" if n in twice and n != c else n for n, c in zip(shown, classes, strict=True)
     ]
+
+
+def with_id(name: str, class_id: str) -> str:
+    """A class's name with its id where they differ, for a line people read:
+    ``goldfish, Carassius auratus (n01443537)``; a name that already ends in its id (two
+    classes sharing a name) or is the id is left as it is."""
+    if name == class_id or name.endswith(f"({class_id})"):
+        return name
+    return f"{name} ({class_id})"

@@ -4,10 +4,12 @@ Routes:
 
 - ``POST /v1/predict[?topk=5]``: one image as the raw body (an ``image/*`` or
   ``application/octet-stream`` content type), or one or more as ``multipart/form-data``
-  fields named ``file``; answers the top-k classes of each, the model's name and back-end.
-  The numbers are those of ``resnext predict --json`` for the same files: the same decoding
-  (:func:`~resnext.data.images.load_image`), preprocessing and model.
-- ``GET /v1/model``: architecture, parameters, classes, preprocessing, back-end, limits.
+  fields named ``file``; answers the top-k classes of each (``class``: the model's class,
+  ``name``: what people read, a WordNet id's name; ``probability``), the model's name and
+  back-end. They are those of ``resnext predict --json`` for the same files: the same
+  decoding (:func:`~resnext.data.images.load_image`), preprocessing and model.
+- ``GET /v1/model``: architecture, parameters, classes and their names, preprocessing,
+  back-end, limits.
 - ``GET /healthz``: the process is up. ``GET /readyz``: the model is loaded and warmed (503
   before), and how many images wait for or are in the model.
 - ``GET /``: a page to drop or pick images and see their top-5 as bars.
@@ -91,6 +93,7 @@ class _Service:
             "parameters": _count_parameters(classifier.model),
             "num_classes": classifier.num_classes,
             "classes": classifier.classes,
+            "names": classifier.names,  # what people read (WordNet ids as their names)
             "preprocess": classifier.preprocess.to_dict(),
             "backend": classifier.backend,
             "precision": classifier.precision,
@@ -194,7 +197,10 @@ def create_app(classifier: Classifier, settings: ServeSettings, source: str = "m
                 "predictions": [
                     {
                         "filename": filename,
-                        "topk": [{"class": c, "probability": p} for c, p in preds],
+                        "topk": [
+                            {"class": c, "name": classifier.name_of(c), "probability": p}
+                            for c, p in preds
+                        ],
                     }
                     for (filename, _, _), preds in zip(uploads, top, strict=True)
                 ],
