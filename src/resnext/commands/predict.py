@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..data.images import is_image_file
 from ..errors import ConfigError
 from ..inference import Classifier
+from ..inference.classes import with_id
 from .common import IntermixedParser, add_model_options
 
 
@@ -38,7 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="images per forward pass (default 16: the next batch is decoded while the model "
+        "runs this one, and small batches start the model sooner)",
+    )
     p.set_defaults(run=run)
 
 
@@ -99,11 +106,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     clf, inputs = load_classifier(args)
+    files, errors = collect(inputs)
+    clf.plan_for(len(files))  # the job's size can change what back-end auto picks
     print(  # stderr: stdout stays the predictions (and valid JSON with --json)
         f"resnext predict: {clf.backend} back-end, {clf.precision}, {clf.device}",
         file=sys.stderr,
     )
-    files, errors = collect(inputs)
     for item, why in errors:
         print(f"resnext predict: {item}: {why}; skipped", file=sys.stderr)
     results = []
@@ -122,14 +130,17 @@ def run(args: argparse.Namespace) -> int:
             continue
         results.append((r.path, r.topk))
         if not args.json:
-            tqdm.write(format_prediction(r.path, r.topk), file=sys.stdout)
+            shown = [(with_id(clf.name_of(c), c), p) for c, p in r.topk]
+            tqdm.write(format_prediction(r.path, shown), file=sys.stdout)
     bar.close()
     if args.json:
         out = {
             "predictions": [
                 {
                     "path": name,
-                    "topk": [{"class": c, "probability": p} for c, p in preds],
+                    "topk": [
+                        {"class": c, "name": clf.name_of(c), "probability": p} for c, p in preds
+                    ],
                 }
                 for name, preds in results
             ],
@@ -146,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_prediction(name: str, preds: list[tuple[str, float]]) -> str:
-    """The path, then one ``class  (probability%)`` line per class."""
+    """The path, then one ``class  (probability%)`` line per class (as given: the caller
+    passes what people read, e.g. ``goldfish, Carassius auratus (n01443537)``)."""
     lines = [name] + [f"  {c}  ({100 * p:.2f}%)" for c, p in preds]
     return "\n".join(lines)

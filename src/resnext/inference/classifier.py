@@ -29,6 +29,7 @@ from ..models import ResNeXt, create_model, default_input_size, parse_name
 from ..runtime import autocast, check_precision, resolve_device
 from ..weights import (
     add_num_batches_tracked,
+    built_to_load,
     extract_state_dict,
     load_checked,
     load_checkpoint,
@@ -36,7 +37,7 @@ from ..weights import (
     read_file,
     selected_ema,
 )
-from .backends import make_backend
+from .backends import choose_backend, make_backend
 from .classes import default_class_names, readable_names
 
 ImageInput = str | Path | Image.Image | torch.Tensor
@@ -74,11 +75,14 @@ class Classifier:
         check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
-        # What predictions show: WordNet-id classes (ImageNet-style folders) as their names.
+        # What people read for each class: WordNet ids (ImageNet-style folders) as their
+        # names; predictions keep the ids (self.classes), as checkpoints do.
         self.names = readable_names(self.classes)
+        self._name_of = dict(zip(self.classes, self.names, strict=True))
         self.preprocess = preprocess
         self.precision = precision
         # What runs a batch: the model itself (eager), or its cached ONNX export (onnxruntime).
+        self.requested_backend = backend
         self.runner, self.backend = make_backend(
             self.model,
             backend,
@@ -276,14 +280,36 @@ class Classifier:
             results.append(result)
         return results, tensors, read
 
+    def plan_for(self, images: int) -> None:
+        """Tell a classifier whose back-end ``auto`` chose how many images the job holds; the
+        rule may then pick another back-end (bf16 on the CPU compiles for large jobs, see
+        :func:`~resnext.inference.backends.choose_backend`)."""
+        if self.requested_backend != "auto" or self.backend == "onnxruntime":
+            return
+        name, _ = choose_backend(self.device, self.precision, images)
+        if name != self.backend:
+            self.runner, self.backend = make_backend(
+                self.model,
+                name,
+                classes=self.classes,
+                preprocess=self.preprocess,
+                device=self.device,
+                precision=self.precision,
+            )
+
+    def name_of(self, class_id: str) -> str:
+        """The readable name of a class of :attr:`classes` (see :attr:`names`)."""
+        return self._name_of.get(class_id, class_id)
+
     def topk(self, probs: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
-        """(class name, probability) pairs of the ``k`` largest probabilities of each row;
-        the names are :attr:`names` (WordNet ids shown as their names)."""
+        """(class, probability) pairs of the ``k`` largest probabilities of each row; the
+        classes are the model's own (:attr:`classes`: WordNet ids where it was trained on
+        ImageNet-style folders), :meth:`name_of` gives what to show people."""
         if k < 1:
             raise ValueError(f"topk must be at least 1, got {k}")
         values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
         return [
-            [(self.names[i], float(p)) for p, i in zip(vs, ix, strict=True)]
+            [(self.classes[i], float(p)) for p, i in zip(vs, ix, strict=True)]
             for vs, ix in zip(values.tolist(), indices.tolist(), strict=True)
         ]
 
@@ -308,7 +334,8 @@ def model_from_weights(
             "is it a ResNet/ResNeXt state dict with torchvision's parameter names?"
         )
     num_classes = int(fc.shape[0])
-    model = create_model(name, num_classes=num_classes)
+    # tensors left uninitialised: the checked load fills every one
+    model = built_to_load(lambda: create_model(name, num_classes=num_classes))
     load_checked(model, state)
     if classes is None:
         classes = default_class_names(num_classes)

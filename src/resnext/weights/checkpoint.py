@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..models import ResNeXt
-from .files import extract_state_dict, load_checked, read_file
+from .files import built_to_load, extract_state_dict, load_checked, read_file
 
 CHECKPOINT_FORMAT = "resnext-checkpoint"
 VERSION = 1
@@ -151,8 +151,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = False) -> ResNeX
         raise WeightsError(
             "the checkpoint has no architecture record ('arch'), so the model cannot be rebuilt"
         )
-    try:
-        model = ResNeXt(**ckpt["arch"])
+    try:  # tensors left uninitialised: the checked load below fills every one
+        model = built_to_load(lambda: ResNeXt(**ckpt["arch"]))
     except (TypeError, ValueError) as e:
         raise WeightsError(f"the checkpoint's architecture record is not usable: {e}") from e
     if use_ema:

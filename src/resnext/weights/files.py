@@ -10,7 +10,7 @@ import argparse
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -205,6 +205,16 @@ def load_checked(
             "name (depth, cardinality, width) and num_classes match the file." + hint
         )
     model.load_state_dict(state, strict=not skip_classifier)
+
+
+def built_to_load(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()``'s module with its tensors allocated on the CPU but not initialised, for a
+    full :func:`load_checked` to fill (skips the random initialisation: 0.16 s of the 0.17 s
+    resnext50_32x4d takes to build). Only for modules whose every tensor is in their state
+    dict (no non-persistent buffers), loaded without ``skip_classifier``."""
+    with torch.device("meta"):
+        model = build()
+    return model.to_empty(device="cpu")
 
 
 def save_safetensors(model: nn.Module, path: str | Path) -> None:
