@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import DIGITS_PRE, tiny_checkpoint
+from helpers import DIGITS_PRE, randomise_bn, tiny_checkpoint
 from resnext import Classifier
 from resnext.cli import main
 from resnext.data import Preprocess
@@ -26,25 +26,13 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache" / "onnx"
 
 
-def _with_running_stats(model: torch.nn.Module, seed: int) -> None:
-    """BN statistics and affine parameters away from their initial values (so that folding
-    them into the convolutions is really exercised)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-
-
 @pytest.mark.parametrize(
     "backend", ["eager", pytest.param("compile", marks=pytest.mark.slow), "onnxruntime"]
 )
 def test_each_backend_gives_the_models_probabilities(tmp_path: Path, backend: str) -> None:
     ckpt = tiny_checkpoint(tmp_path / "c.pt", seed=4)
     model = Classifier.from_checkpoint(ckpt, device="cpu", backend="eager").model
-    _with_running_stats(model, seed=1)
+    randomise_bn(model, seed=1)
     pre = Preprocess.from_dict(DIGITS_PRE)
     clf = Classifier(model, list("0123456789"), pre, device="cpu", backend=backend)
     assert clf.backend == backend and clf.runner is not model

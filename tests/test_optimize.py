@@ -8,19 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import TINY
+from helpers import TINY, randomise_bn
 from resnext.inference.optimize import EagerRunner, fold_batchnorm
 from resnext.models import create_model
-
-
-def _randomise_bn(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.3)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.3)
 
 
 def _batchnorms(model: nn.Module) -> int:
@@ -31,7 +21,7 @@ def _batchnorms(model: nn.Module) -> int:
 def test_folded_model_equals_the_model_for_each_block_form(form: str) -> None:
     torch.manual_seed(0)
     model = create_model("resnext29_2x4d", num_classes=10, block_form=form, **TINY)
-    _randomise_bn(model)
+    randomise_bn(model)
     model.train()  # folding must not depend on (or change) the caller's mode
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded = fold_batchnorm(model)
