@@ -568,12 +568,17 @@ class ShardStream(IterableDataset):
     def _rng(self, epoch: int, stream: int) -> random.Random:
         return random.Random(f"resnext-buffer:{self.seed}:{epoch}:{self.rank}:{stream}")
 
-    def _read(self, shard_ids: Sequence[int], repeat: bool) -> Iterator[RawSample]:
-        while True:
-            for i in shard_ids:
-                yield from read_shard(self.split.shards[i], self.split.num_classes)
-            if not repeat or not shard_ids:
-                return
+    def _read(self, shard_ids: Sequence[int]) -> Iterator[RawSample]:
+        for i in shard_ids:
+            yield from read_shard(self.split.shards[i], self.split.num_classes)
+
+    def _passes(
+        self, shard_ids: Sequence[int], buffer: int, rng: random.Random
+    ) -> Iterator[RawSample]:
+        """The shards read again and again, each pass through its own shuffle buffer,
+        drained at the pass's end: every pass gives each of its samples exactly once."""
+        while shard_ids:
+            yield from _shuffled(self._read(shard_ids), buffer, rng)
 
     def _quota(
         self, plan: StreamPlan, epoch: int, stream: int, first: int
@@ -581,7 +586,7 @@ class ShardStream(IterableDataset):
         """Training: the plan's batches, read through the shuffle buffer; batches before
         ``first`` (already trained) are read but not decoded."""
         buffer = self.split.shuffle_buffer if self.shuffle else 0
-        samples = _shuffled(self._read(plan.shards, repeat=True), buffer, self._rng(epoch, stream))
+        samples = self._passes(plan.shards, buffer, self._rng(epoch, stream))
         for j, size in zip(plan.batch_ids, plan.batch_sizes, strict=True):
             raw = [next(samples) for _ in range(size)]
             if j >= first:
@@ -592,7 +597,7 @@ class ShardStream(IterableDataset):
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Evaluation: every sample of the plan's shards once, in batches."""
         buffer = self.split.shuffle_buffer if self.shuffle else 0
-        samples = _shuffled(self._read(plan.shards, repeat=False), buffer, self._rng(epoch, worker))
+        samples = _shuffled(self._read(plan.shards), buffer, self._rng(epoch, worker))
         raw: list[RawSample] = []
         for s in samples:
             raw.append(s)
