@@ -26,6 +26,7 @@ from .engine import (
     DistInfo,
     FitResult,
     Trainer,
+    barrier,
     check_resume_compatible,
     cleanup,
     init_distributed,
@@ -68,7 +69,12 @@ def train(
     device = resolve_device(cfg.train.device, what="train.device")
     dist = init_distributed(device)
     try:
-        return _train(cfg, device, dist, config_given, overrides or [], t_start, say)
+        outcome = _train(cfg, device, dist, config_given, overrides or [], t_start, say)
+        # Every process done with its collectives before the group is torn down: a gloo
+        # process that destroyed it while its peer still ran aborted at exit (seen in CI).
+        # Not on an error: a peer stuck elsewhere would make the barrier hang.
+        barrier(dist)
+        return outcome
     finally:
         cleanup(dist)
 

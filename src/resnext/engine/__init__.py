@@ -1,6 +1,6 @@
 """Training engine: it receives a model and data; it never builds them."""
 
-from .distributed import DistInfo, cleanup, init_distributed
+from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .ema import ModelEma
 from .optim import build_optimizer, build_scheduler, lr_factor_fn, scaled_lr
 from .progress import FitResult
@@ -15,6 +15,7 @@ __all__ = [
     "ModelEma",
     "NonFiniteLossError",
     "Trainer",
+    "barrier",
     "build_optimizer",
     "build_scheduler",
     "check_resume_compatible",
