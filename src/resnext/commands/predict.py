@@ -107,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     clf, inputs = load_classifier(args)
     files, errors = collect(inputs)
-    clf.plan_for(len(files))  # the job's size can change what back-end auto picks
     print(  # stderr: stdout stays the predictions (and valid JSON with --json)
         f"resnext predict: {clf.backend} back-end, {clf.precision}, {clf.device}",
         file=sys.stderr,

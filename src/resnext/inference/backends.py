@@ -29,26 +29,15 @@ from ..errors import ConfigError
 BACKENDS = ("auto", "eager", "compile", "onnxruntime")
 
 
-#: ``auto`` runs bf16/fp16 on the CPU compiled when a job has at least this many images: on
-#: a Zen 5 CPU compile ran resnext50_32x4d in bf16 at 85 img/s against eager's 65 (``resnext
-#: bench``), 3.5 ms saved an image, so a cold compile (about 30 s) pays back after ~9,000.
-COMPILE_MIN_IMAGES = 10_000
-
-
-def choose_backend(
-    device: torch.device, precision: str, images: int | None = None
-) -> tuple[str, str]:
-    """What ``auto`` runs, and why (the rule, from ``resnext bench``'s measurements on a Zen 5
-    CPU, resnext50_32x4d, batch 16, vs torchvision's default path): onnxruntime for fp32 on
-    the CPU where it is installed (2.9x; compile 2.4x, eager 1.8x); for bf16/fp16 on the CPU,
-    eager (autocast, 4.1x in bf16), or compile (5.3x) for jobs of at least
-    :data:`COMPILE_MIN_IMAGES` images (``images``, where the caller knows it); eager on CUDA
-    (not measured here) and where onnxruntime is not installed."""
+def choose_backend(device: torch.device, precision: str) -> tuple[str, str]:
+    """What ``auto`` runs, and why (the rule, from ``resnext bench`` on a Zen 5 CPU,
+    resnext50_32x4d, batch 16, three runs, vs torchvision's default path): onnxruntime for
+    fp32 on the CPU where it is installed (2.9x; compile 2.0-2.4x, eager 1.8-2.3x); eager for
+    bf16/fp16 (autocast; bf16 eager 4.1-5.0x, compile 4.4-5.3x: no consistent gain for its
+    ~30 s warm-up) and on CUDA (not measured here); eager where onnxruntime is missing."""
     if device.type != "cpu":
         return "eager", f"{device.type}: eager"
     if precision != "fp32":
-        if images is not None and images >= COMPILE_MIN_IMAGES:
-            return "compile", f"{precision} on {images} images: compiled (the warm-up pays back)"
         return "eager", f"{precision} runs eager (autocast)"
     # find_spec: whether they are installed, without paying their import here
     if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")):
@@ -86,11 +75,9 @@ def make_backend(
     preprocess: Preprocess,
     device: torch.device,
     precision: str,
-    images: int | None = None,
 ) -> tuple[nn.Module, str]:
     """The module that runs ``model`` on back-end ``name`` (``auto``: see
-    :func:`choose_backend`; ``images``: the job's size, where known), and the back-end's
-    name; refused where it cannot run."""
+    :func:`choose_backend`), and the back-end's name; refused where it cannot run."""
     if name not in BACKENDS:
         raise ConfigError(f"back-end must be one of {', '.join(BACKENDS)}, got {name!r}")
     from .onnx_model import OnnxModel
@@ -98,7 +85,7 @@ def make_backend(
 
     chosen_by_rule = name == "auto"
     if chosen_by_rule:
-        name, _ = choose_backend(device, precision, images)
+        name, _ = choose_backend(device, precision)
 
     if isinstance(model, OnnxModel):
         if not chosen_by_rule and name != "onnxruntime":

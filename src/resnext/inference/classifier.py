@@ -37,7 +37,7 @@ from ..weights import (
     read_file,
     selected_ema,
 )
-from .backends import choose_backend, make_backend
+from .backends import make_backend
 from .classes import default_class_names, readable_names
 
 ImageInput = str | Path | Image.Image | torch.Tensor
@@ -82,7 +82,6 @@ class Classifier:
         self.preprocess = preprocess
         self.precision = precision
         # What runs a batch: the model itself (eager), or its cached ONNX export (onnxruntime).
-        self.requested_backend = backend
         self.runner, self.backend = make_backend(
             self.model,
             backend,
@@ -279,23 +278,6 @@ class Classifier:
                 result.error = f"cannot read image: {e.reason}"
             results.append(result)
         return results, tensors, read
-
-    def plan_for(self, images: int) -> None:
-        """Tell a classifier whose back-end ``auto`` chose how many images the job holds; the
-        rule may then pick another back-end (bf16 on the CPU compiles for large jobs, see
-        :func:`~resnext.inference.backends.choose_backend`)."""
-        if self.requested_backend != "auto" or self.backend == "onnxruntime":
-            return
-        name, _ = choose_backend(self.device, self.precision, images)
-        if name != self.backend:
-            self.runner, self.backend = make_backend(
-                self.model,
-                name,
-                classes=self.classes,
-                preprocess=self.preprocess,
-                device=self.device,
-                precision=self.precision,
-            )
 
     def name_of(self, class_id: str) -> str:
         """The readable name of a class of :attr:`classes` (see :attr:`names`)."""

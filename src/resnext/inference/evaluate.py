@@ -210,8 +210,6 @@ def prepare_evaluation(
     if dataset is None or len(dataset) == 0:
         other = "val" if split == "test" else "test"
         raise DataError(f"dataset {cfg.name!r} has no {split} split; evaluate the {other} split")
-    for member in members:  # the job's size can change what back-end auto picks
-        member.classifier.plan_for(len(dataset) * (10 if ten_crop else 1))
     classes = members[0].classifier.classes
     if raw.num_classes != len(classes):
         raise DataError(
