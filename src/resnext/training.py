@@ -8,6 +8,7 @@ checkpoint) runs before the first training step.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -76,6 +77,7 @@ def train(
         barrier(dist)
         return outcome
     finally:
+        gc.collect()  # the run's objects (DDP and its reducer) go before their process group
         cleanup(dist)
 
 

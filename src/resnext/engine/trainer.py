@@ -39,6 +39,13 @@ from .validation import SplitEvaluator
 SINGLE = DistInfo()  # a single process: no process group
 
 
+def _rank0_printer(log: Callable[[str], None] | None, dist: DistInfo) -> Callable[[str], None]:
+    """What :meth:`Trainer.log` does, without holding the trainer."""
+    if not dist.is_main:
+        return lambda _message: None
+    return log if log is not None else tqdm.write
+
+
 class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
@@ -106,7 +113,9 @@ class Trainer:
             total_steps=self.total_steps,
             device=device,
             dist=dist,
-            log=self.log,
+            # a plain function, not the bound self.log: a Stepper -> Trainer reference cycle
+            # kept DDP alive past the process group's teardown (gloo aborted at exit)
+            log=_rank0_printer(log, dist),
         )
         self.ema, self.lr = self.stepper.ema, self.stepper.lr
 
