@@ -18,7 +18,6 @@ seconds and the ratio to the script. Run: ``python benchmarks/predict_end_to_end
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -31,7 +30,11 @@ from pathlib import Path
 import torch
 import torchvision
 
+from resnext.inference.classes import imagenet_classes
 from resnext.table import format_table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from data_pipeline import write_jpegs  # a sibling script, not a package
 
 SCRIPT = """\
 import glob, sys, torch, torchvision
@@ -50,15 +53,6 @@ with torch.inference_mode():
         for f, v, k in zip(files[i:i + 16], values.tolist(), indices.tolist()):
             print(f, k[0], v[0])
 """
-
-
-def _write_jpegs(root: Path, n: int) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "data_pipeline", Path(__file__).with_name("data_pipeline.py")
-    )
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    module.write_jpegs(root, n)
 
 
 def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
@@ -80,7 +74,7 @@ def main() -> None:
         print(SCRIPT)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _write_jpegs(root / "images", args.images)
+        write_jpegs(root / "images", args.images)
         folder = root / "images" / "train"
         torch.manual_seed(0)
         model = torchvision.models.resnext50_32x4d()
@@ -108,7 +102,7 @@ def main() -> None:
             Path(line.split()[0]).name: int(line.split()[1])
             for line in outputs["plain"].splitlines()
         }
-        classes = [line.strip() for line in _imagenet_classes()]
+        classes = imagenet_classes()
         script_top1 = {k: classes[i] for k, i in script_top1.items()}
         ours_top1 = {
             Path(p["path"]).name: p["topk"][0]["class"]
@@ -125,12 +119,6 @@ def main() -> None:
     print(f"{args.images} JPEGs of 500x375, resnext50_32x4d, {torch.get_num_threads()} threads")
     print(format_table(rows, left=1))
     print(f"same top-1 on {agree}/{len(script_top1)} files")
-
-
-def _imagenet_classes() -> list[str]:
-    from importlib.resources import files
-
-    return files("resnext").joinpath("imagenet_classes.txt").read_text().splitlines()
 
 
 if __name__ == "__main__":
