@@ -40,7 +40,7 @@ SINGLE = DistInfo()  # a single process: no process group
 
 
 def _rank0_printer(log: Callable[[str], None] | None, dist: DistInfo) -> Callable[[str], None]:
-    """What :meth:`Trainer.log` does, without holding the trainer."""
+    """Print on rank 0 only: ``log``, else tqdm's writer (which keeps the bar intact)."""
     if not dist.is_main:
         return lambda _message: None
     return log if log is not None else tqdm.write
@@ -88,7 +88,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.classes, self.preprocess = list(classes), dict(preprocess)
         self.device, self.dist = device, dist
-        self._log = log
+        self._say = _rank0_printer(log, dist)
         check_precision(self.tc.precision, device, "train.precision")
         if len(train_set) == 0:  # type: ignore[arg-type]
             raise DataError("the train split is empty: nothing to train on")
@@ -115,7 +115,7 @@ class Trainer:
             dist=dist,
             # a plain function, not the bound self.log: a Stepper -> Trainer reference cycle
             # kept DDP alive past the process group's teardown (gloo aborted at exit)
-            log=_rank0_printer(log, dist),
+            log=self._say,
         )
         self.ema, self.lr = self.stepper.ema, self.stepper.lr
 
@@ -206,12 +206,8 @@ class Trainer:
 
     # -- logging -----------------------------------------------------------------------
     def log(self, message: str) -> None:
-        if not self.dist.is_main:
-            return
-        if self._log is not None:
-            self._log(message)
-        else:
-            tqdm.write(message)
+        """Print ``message`` on rank 0 (through the caller's ``log``, else tqdm's writer)."""
+        self._say(message)
 
     def _record(self, record: dict[str, Any]) -> None:
         if self.runlog is not None:
