@@ -112,3 +112,25 @@ def test_plain_weights_with_a_model_name(tmp_path, capsys, digits_pngs) -> None:
     clf = Classifier(model, [str(i) for i in range(10)], Preprocess(32), device="cpu")
     want = clf.predict(sorted(folder.glob("*.png")), topk=1)
     assert [p["topk"][0]["class"] for p in out] == [w[0][0] for w in want]
+
+
+def test_predict_imports_neither_torchvision_nor_dynamo(tmp_path, digits_pngs) -> None:
+    """``resnext predict`` in a fresh interpreter loads only what it runs: the eval transform
+    is torch alone and models built to be loaded skip the random draws that would import
+    torch._dynamo (together ~1.4 s of start-up, measured by benchmarks/predict_end_to_end.py)."""
+    import subprocess
+    import sys
+
+    folder, _ = digits_pngs
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", classes=list(DIGITS_CLASSES))
+    code = (
+        "import sys\nfrom resnext.cli import main\n"
+        f"rc = main(['predict', {str(ckpt)!r}, {str(folder)!r}, '--json', '--backend', 'eager'])\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision' "
+        "or m.startswith('torch._dynamo'))\n"
+        "print('LOADED', rc, loaded[:5], file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert "LOADED 0 []" in done.stderr, done.stderr[-2000:]

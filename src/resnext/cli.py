@@ -29,7 +29,9 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``resnext`` parser; with ``only``, just that sub-command is registered, so running
+    one command imports only its own module (``resnext predict`` needs no training code)."""
     parser = argparse.ArgumentParser(
         prog="resnext", description="ResNeXt (Xie et al., CVPR 2017): models, training, evaluation."
     )
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"resnext {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in (only,) if only in COMMANDS else COMMANDS:
         try:
             module = importlib.import_module(f"resnext.commands.{name}")
         except ModuleNotFoundError as e:
@@ -49,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         argv = ["train"]  # the main job: `resnext` alone trains on the built-in dataset
+    parser = build_parser(only=argv[0])
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

@@ -13,17 +13,14 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
-from torchvision.transforms import v2
 
 from ..config import DataConfig
 from ..errors import ConfigError, WeightsError
-from .transforms import (
+from .evaluation import (
     CROP_OFFSETS,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    INTERPOLATIONS,
-    CeilCenterCrop,
-    ToRGBImage,
+    INTERPOLATION_NAMES,
     eval_transform,
 )
 
@@ -53,9 +50,9 @@ class Preprocess:
                 f"resize {self.eval_resize} is smaller than the crop {self.image_size}; "
                 "the shorter side must be at least the crop side"
             )
-        if self.interpolation not in INTERPOLATIONS:
+        if self.interpolation not in INTERPOLATION_NAMES:
             raise ValueError(
-                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                f"interpolation must be one of {', '.join(INTERPOLATION_NAMES)}, "
                 f"got {self.interpolation!r}"
             )
         if len(self.mean) != len(self.std):
@@ -137,9 +134,10 @@ class Preprocess:
     def transform(self, ten_crop: bool = False) -> Callable[[Any], torch.Tensor]:
         """PIL image or uint8/float CHW tensor -> normalised float ``(C, S, S)``.
 
-        With ``ten_crop``: ``(10, C, S, S)``, the four corner crops and the centre crop of
-        the resized image and the same five of its mirror image (paper Sec. 4, 10-crop test).
-        The centre crop is exactly the single-crop input.
+        The single crop runs in torch alone (:mod:`resnext.data.evaluation`), so predicting
+        does not import torchvision. With ``ten_crop``: ``(10, C, S, S)``, the four corner
+        crops and the centre crop of the resized image and the same five of its mirror image
+        (paper Sec. 4, 10-crop test). The centre crop is exactly the single-crop input.
         """
         if not ten_crop:
             return eval_transform(
@@ -160,6 +158,11 @@ class TenCropTransform:
     at fb.resnet.torch's offset, as its ``TenCrop`` puts them."""
 
     def __init__(self, pre: Preprocess) -> None:
+        from torchvision.transforms import v2  # the 10-crop test only: torchvision's TenCrop
+
+        from .transforms import INTERPOLATIONS, CeilCenterCrop, ToRGBImage
+
+        self._v2 = v2
         interp = INTERPOLATIONS[pre.interpolation]
         s = pre.image_size
         # Shorter side to the resize (default: the crop), as eval_transform does.
@@ -176,5 +179,5 @@ class TenCropTransform:
         crops = list(self.ten(resized))  # 4 corners + centre, then the same of the mirror
         if self.ceil is not None:
             crops[4] = self.ceil(resized)
-            crops[9] = self.ceil(v2.functional.horizontal_flip(resized))
+            crops[9] = self.ceil(self._v2.functional.horizontal_flip(resized))
         return torch.stack([self.finish(c).as_subclass(torch.Tensor) for c in crops])

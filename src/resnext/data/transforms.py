@@ -1,4 +1,6 @@
-"""The paper's train and eval transforms, built from torchvision's v2 transforms.
+"""The paper's train transforms, built from torchvision's v2 transforms; the eval transform
+(:func:`~resnext.data.evaluation.eval_transform`, re-exported here) is written in torch alone
+and equals torchvision's v2 resize/crop bit for bit (tested).
 
 Inputs are PIL images (any mode) or uint8 CHW tensors with 1 or 3 channels; outputs are
 float CHW RGB tensors, normalised. Train and eval use the same resize back-end
@@ -19,10 +21,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
+from .evaluation import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported with the eval side
+from .evaluation import IMAGENET_STD as IMAGENET_STD
+from .evaluation import INTERPOLATION_NAMES
+from .evaluation import eval_transform as eval_transform
 from .images import to_rgb
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # fb.resnet.torch's PCA of ImageNet RGB pixels (AlexNet-style lighting noise).
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = (
@@ -31,11 +35,7 @@ IMAGENET_EIGVEC = (
     (-0.5836, -0.6948, 0.4203),
 )
 
-INTERPOLATIONS = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
-}
+INTERPOLATIONS = {name: InterpolationMode(name) for name in INTERPOLATION_NAMES}
 
 
 class Lighting(torch.nn.Module):
@@ -178,32 +178,3 @@ class CeilCenterCrop(torch.nn.Module):
             raise ValueError(f"image {w}x{h} is smaller than the crop {self.size}")
         top, left = -(-(h - self.size) // 2), -(-(w - self.size) // 2)
         return v2.functional.crop(img, top, left, self.size, self.size)
-
-
-CROP_OFFSETS = ("round", "ceil")
-
-
-def eval_transform(
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    resize: int | None = None,
-    interpolation: str = "bilinear",
-    crop_offset: str = "round",
-) -> v2.Compose:
-    """Resize the shorter side to ``resize`` (default: the image size), centre crop.
-
-    ImageNet's standard is resize 256 -> crop 224 (torchvision V2 weights: 232 -> 224).
-    ``crop_offset``: ``round`` (torchvision) or ``ceil`` (fb.resnet.torch) where the margin
-    is odd.
-    """
-    interp = INTERPOLATIONS[interpolation]
-    ops: list = [ToRGBImage(), *_resize_crop(image_size, interp)]
-    if resize is not None and resize != image_size:
-        ops[1] = v2.Resize(resize, interp, antialias=True)
-    if crop_offset == "ceil":
-        ops[2] = CeilCenterCrop(image_size)
-    elif crop_offset != "round":
-        raise ValueError(f"crop_offset must be round or ceil, got {crop_offset!r}")
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(ops)

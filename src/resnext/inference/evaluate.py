@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, DataConfig, from_dict
-from ..data import TransformedDataset, build_raw_splits, make_loader
+from ..data.base import TransformedDataset
 from ..data.preprocess import Preprocess
 from ..data.splitting import SPLITS_FILE, recorded_split
 from ..errors import DataError
@@ -205,6 +205,8 @@ def prepare_evaluation(
     if members[0].data is not None and "split_file" not in data:
         # A run that carved its splits from one folder recorded them next to its checkpoints.
         cfg = recorded_split(cfg, Path(paths[0]).parent)
+    from ..data.build import build_raw_splits, make_loader  # the readers import torchvision
+
     raw = build_raw_splits(cfg)
     dataset = raw.test if split == "test" else raw.val
     if dataset is None or len(dataset) == 0:

@@ -1,0 +1,200 @@
+"""The evaluation transform (shorter side resized, centre crop, scale, normalise) in torch
+alone, so that predicting and serving never import torchvision.
+
+It performs exactly the operations torchvision's v2 transforms perform for
+``ToImage -> Resize(antialias=True) -> CenterCrop -> ToDtype(float32, scale=True) ->
+Normalize`` on the same tensors, in the same memory layout, so its output equals theirs bit
+for bit; ``tests/test_data_evaluation.py`` checks that against torchvision for every
+interpolation, crop offset and input kind. Training keeps torchvision's transforms
+(:mod:`resnext.data.transforms`), so train and eval resize with the same kernel.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .images import to_rgb
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# the resize filters of the config (data.interpolation) and checkpoints
+INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")
+# where an odd margin puts the centre crop: round (torchvision) | ceil (fb.resnet.torch)
+CROP_OFFSETS = ("round", "ceil")
+
+
+def to_image_tensor(img: Image.Image | torch.Tensor) -> torch.Tensor:
+    """A PIL image (any mode) or a ``(C, H, W)`` tensor -> a 3-channel ``(3, H, W)`` image
+    tensor: PIL images as uint8 in a channels-last view of their pixels (torchvision's
+    ``pil_to_tensor``), one-channel tensors expanded to three, tensors otherwise as given."""
+    if isinstance(img, Image.Image):
+        rgb = to_rgb(img)
+        hwc = torch.from_numpy(np.array(rgb, copy=True)).view(rgb.height, rgb.width, 3)
+        return hwc.permute(2, 0, 1)
+    if not isinstance(img, torch.Tensor):
+        raise TypeError(f"expected a PIL image or an image tensor, got {type(img).__name__}")
+    channels = img.shape[-3] if img.ndim >= 3 else 0
+    if channels == 1:
+        return img.expand(*img.shape[:-3], 3, *img.shape[-2:])
+    if channels != 3:
+        raise ValueError(
+            f"expected a 1- or 3-channel image, got shape {tuple(img.shape)}; give RGB images "
+            "(uint8 CHW tensors or PIL)"
+        )
+    return img
+
+
+def shorter_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) with the shorter side ``size`` and the longer one scaled and
+    truncated, as torchvision computes it."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
+
+
+def _native_uint8(interpolation: str) -> bool:
+    """Whether torch resizes uint8 images itself (torchvision's rule: bilinear only with
+    AVX2/AVX-512 or on ARM, bicubic always, nearest always)."""
+    if interpolation == "bilinear":
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or (
+            platform.machine() in ("aarch64", "arm64")
+        )
+    return True
+
+
+def resize_shorter(img: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
+    """Resize a ``(..., C, H, W)`` image so its shorter side is ``size`` (antialiased for
+    bilinear and bicubic), keeping its dtype and, for one image, its memory layout."""
+    if interpolation not in INTERPOLATION_NAMES:
+        raise ValueError(
+            f"interpolation must be one of {', '.join(INTERPOLATION_NAMES)}, got {interpolation!r}"
+        )
+    shape = img.shape
+    c, h, w = shape[-3:]
+    new_h, new_w = shorter_side_size(h, w, size)
+    if (new_h, new_w) == (h, w) or img.numel() == 0:
+        return img
+    smooth = interpolation != "nearest"
+    dtype = img.dtype
+    acceptable = {torch.float32, torch.float64}
+    if img.device.type == "cpu" and (interpolation == "nearest" or _native_uint8(interpolation)):
+        acceptable.add(torch.uint8)
+    x = img.reshape(-1, c, h, w)
+    strides = x.stride()
+    if (
+        x.is_contiguous(memory_format=torch.channels_last)
+        and x.shape[0] == 1
+        and x.numel() != strides[0]
+    ):
+        # torch would allocate a contiguous output for a 1CHW channels-last input; restride it
+        # (as torchvision does) so the output stays channels-last, the layout of PIL's pixels.
+        x = x.as_strided((1, c, h, w), (x.numel(), *strides[1:]))
+    cast = dtype not in acceptable
+    if cast:
+        x = x.to(torch.float32)
+    x = torch.nn.functional.interpolate(
+        x,
+        size=[new_h, new_w],
+        mode=interpolation,
+        align_corners=False if smooth else None,
+        antialias=smooth,
+    )
+    if cast:
+        if interpolation == "bicubic" and dtype == torch.uint8:
+            x = x.clamp_(min=0, max=255)
+        if not dtype.is_floating_point:
+            x = x.round_()
+        x = x.to(dtype)
+    return x.reshape((*shape[:-3], c, new_h, new_w))
+
+
+def center_crop(img: torch.Tensor, size: int, offset: str = "round") -> torch.Tensor:
+    """The central ``size`` x ``size`` window (a view). ``offset`` for an odd margin:
+    ``round`` = torchvision's ``round(margin / 2)`` (half to even), ``ceil`` =
+    fb.resnet.torch's ``ceil(margin / 2)``."""
+    h, w = img.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"image {w}x{h} is smaller than the crop {size}")
+    if offset == "round":
+        top, left = round((h - size) / 2.0), round((w - size) / 2.0)  # half to even
+    elif offset == "ceil":
+        top, left = -(-(h - size) // 2), -(-(w - size) // 2)
+    else:
+        raise ValueError(f"crop_offset must be one of {', '.join(CROP_OFFSETS)}, got {offset!r}")
+    return img[..., top : top + size, left : left + size]
+
+
+def scale_to_float(img: torch.Tensor) -> torch.Tensor:
+    """Integer images -> float32 in [0, 1] (divided by the dtype's maximum); float images
+    -> float32 as they are."""
+    if img.dtype == torch.float32:
+        return img
+    if img.dtype.is_floating_point:
+        return img.to(torch.float32)
+    return img.to(torch.float32).mul_(1.0 / torch.iinfo(img.dtype).max)
+
+
+class EvalTransform:
+    """PIL image or uint8/float ``(C, H, W)`` tensor -> the normalised float ``(3, S, S)``
+    tensor a model is evaluated on: shorter side to ``resize`` (default: the crop size),
+    centre crop ``size``, scaled to [0, 1], ``(x - mean) / std``."""
+
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        resize: int | None = None,
+        interpolation: str = "bilinear",
+        crop_offset: str = "round",
+    ) -> None:
+        if interpolation not in INTERPOLATION_NAMES:
+            raise ValueError(
+                f"interpolation must be one of {', '.join(INTERPOLATION_NAMES)}, "
+                f"got {interpolation!r}"
+            )
+        if crop_offset not in CROP_OFFSETS:
+            raise ValueError(
+                f"crop_offset must be one of {', '.join(CROP_OFFSETS)}, got {crop_offset!r}"
+            )
+        if any(s == 0 for s in std):
+            raise ValueError(f"std {tuple(std)} holds a zero")
+        self.size, self.resize = size, resize if resize is not None else size
+        self.interpolation, self.crop_offset = interpolation, crop_offset
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        x = to_image_tensor(img)
+        x = resize_shorter(x, self.resize, self.interpolation)
+        x = scale_to_float(center_crop(x, self.size, self.crop_offset))
+        return x.sub(self.mean).div_(self.std)
+
+    def __repr__(self) -> str:
+        return (
+            f"EvalTransform(resize {self.resize} -> crop {self.size}, {self.interpolation}, "
+            f"offset {self.crop_offset})"
+        )
+
+
+def eval_transform(
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize: int | None = None,
+    interpolation: str = "bilinear",
+    crop_offset: str = "round",
+) -> EvalTransform:
+    """Resize the shorter side to ``resize`` (default: the image size), centre crop.
+
+    ImageNet's standard is resize 256 -> crop 224 (torchvision V2 weights: 232 -> 224).
+    ``crop_offset``: ``round`` (torchvision) or ``ceil`` (fb.resnet.torch) where the margin
+    is odd.
+    """
+    return EvalTransform(image_size, mean, std, resize, interpolation, crop_offset)
