@@ -260,6 +260,7 @@ def test_train_print_config_prints_the_resolved_recipe_and_exits(
     out = capsys.readouterr().out
     assert re.search(r"^  interpolation: bicubic +# \[recipe\]", out, re.M)
     assert re.search(r"^  epochs: 3 +# \[override\]", out, re.M)
-    assert re.search(r"^  precision: fp32 +# forward pass in", out, re.M)  # a default, with doc
+    assert re.search(r"^  precision: fp32 +# \[recipe\] autocast: auto", out, re.M)
+    assert re.search(r"^  channels_last: true +# NHWC memory", out, re.M)  # a default, with doc
     assert load_config(recipe, ["train.epochs=3"]) == from_dict(yaml.safe_load(out))
     assert not (tmp_path / "runs").exists()  # nothing trained, no run folder

@@ -213,6 +213,7 @@ def _cfg(*overrides: str):
         "train.ema_decay=null",
         "train.label_smoothing=0",
         "train.channels_last=false",
+        "train.precision=fp32",  # numerics compared with fp32 references
         "train.progress=false",
         "train.checkpoint_every_steps=null",
         "optim.weight_decay=0",

@@ -148,7 +148,7 @@ def test_fine_tunes_torchvision_weights_on_an_image_folder_then_evals_and_predic
     out = capsys.readouterr().out
     assert f"started from {weights} (classifier re-initialised for the new classes)" in out
     assert "48 train / 12 val / 18 test images, 3 classes" in out
-    printed = float(re.search(r"test top-1 \(best\.pt, trained weights\) +([\d.]+)%", out)[1])
+    printed = float(re.search(r"test top-1 \(best\.pt, trained weights, fp32\) +([\d.]+)%", out)[1])
 
     best = runs / "ft" / "best.pt"
     ckpt = load_checkpoint(best)

@@ -84,6 +84,39 @@ def test_one_precision_notion(monkeypatch: pytest.MonkeyPatch) -> None:
         runtime.check_precision("bf16", cpu)
 
 
+def test_auto_train_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 only where computed natively; never emulated bf16 (5x slower on such CPUs)."""
+    from resnext.config import from_dict
+    from resnext.training import resolve_train_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.auto_train_precision(cpu)[0] == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.auto_train_precision(cpu)[0] == "fp32"
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert runtime.auto_train_precision(cuda)[0] == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert runtime.auto_train_precision(cuda) == (
+        "fp16",
+        "this GPU has no native bf16; fp16 with a gradient scaler",
+    )
+    # The run config gets the resolved value (written to config.yaml and the checkpoints);
+    # a resume keeps the checkpoint's, on whatever machine it resumes.
+    cfg = from_dict({})
+    assert cfg.train.precision == "auto"
+    resolved, said = resolve_train_precision(cfg, cpu)
+    assert resolved.train.precision == "fp32" and said is not None and "no native bf16" in said
+    ckpt = {"config": {"train": {"precision": "bf16"}}}
+    resumed, said = resolve_train_precision(cfg, cpu, ckpt)
+    assert resumed.train.precision == "bf16" and "started with" in (said or "")
+    explicit = from_dict({"train": {"precision": "fp32"}})
+    assert resolve_train_precision(explicit, cpu, ckpt) == (explicit, None)
+    with pytest.raises(ConfigError, match="auto, fp32, bf16, fp16"):
+        from_dict({"train": {"precision": "half"}})
+
+
 def test_error_family() -> None:
     for cls in (ConfigError, DataError, WeightsError, TrainingError):
         assert issubclass(cls, ResnextError)
@@ -101,7 +134,7 @@ def test_cli_prints_user_errors_in_one_line_and_keeps_bugs_tracebacks(
         raise KeyError("a bug")
 
     parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli, "build_parser", lambda only=None: parser)
     parser._subparsers._group_actions[0].choices["models"].set_defaults(run=user_error)
     assert cli.main(["models"]) == 2
     assert capsys.readouterr().err == "resnext models: error: data.root='/x' does not exist\n"

@@ -95,7 +95,12 @@ def test_prints_a_results_table(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert _train(tmp_path, "train.epochs=1") == 0
     out = capsys.readouterr().out
     assert "resnext29_2x4d (block form c" in out
-    for row in ("best val top-1", "test top-1 (best.pt, EMA weights)", "test top-5", "run folder"):
+    for row in (
+        "best val top-1",
+        "test top-1 (best.pt, EMA weights, fp32)",
+        "test top-5",
+        "run folder",
+    ):
         assert row in out
     assert re.search(r"steps / epochs +12 / 1\n", out)  # 180 images / batch 16 = 12 steps
 
@@ -106,7 +111,7 @@ def test_a_max_steps_stop_says_where_it_stopped(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "2 steps: 0 epochs + 2/12 batches of epoch 1 (stopped by train.max_steps=2)" in out
     assert re.search(r"model selection +none: no epoch finished", out)
-    assert "test top-1 (last.pt, EMA weights)" in out
+    assert "test top-1 (last.pt, EMA weights, fp32)" in out
     assert "steps / epochs" not in out and "best val" not in out
     ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
     assert (ckpt["step"], ckpt["epoch"], ckpt["epoch_step"]) == (2, 0, 2)

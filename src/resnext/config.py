@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .runtime import PRECISIONS
+from .runtime import TRAIN_PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,9 @@ class TrainConfig:
     accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     clip_grad_norm: float | None = None  # clip the gradient's global norm (None = off)
-    precision: str = "fp32"  # forward pass in fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
+    # auto: bf16 where the device computes it natively (AVX512_BF16/AMX CPUs, Ampere+ GPUs),
+    # else fp32 (fp16 on older GPUs); the run records the choice and a resume keeps it
+    precision: str = "auto"  # autocast: auto (bf16 where native) | fp32 | bf16 | fp16 (CUDA)
     channels_last: bool = True  # NHWC memory layout (faster convs on CPU and recent GPUs)
     sync_bn: bool = False  # SyncBatchNorm: BN batch statistics over all processes (CUDA DDP only)
     compile: bool = False  # torch.compile the model
@@ -159,7 +161,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.on_bad_file": ("error", "skip"),
     "optim.name": ("sgd",),
     "schedule.name": ("step", "multistep", "cosine", "constant"),
-    "train.precision": PRECISIONS,
+    "train.precision": TRAIN_PRECISIONS,
 }
 
 # Keys of earlier versions, read from stored configs (checkpoints) and old recipes:

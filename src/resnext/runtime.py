@@ -16,6 +16,8 @@ from .errors import ConfigError
 #: The one precision notion: what the forward pass computes in. fp32 = no autocast;
 #: bf16 / fp16 = autocast to that dtype (weights and reductions stay fp32).
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: ``train.precision`` also takes ``auto``: see :func:`auto_train_precision`.
+TRAIN_PRECISIONS = ("auto", *PRECISIONS)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -75,6 +77,22 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         pass
     return False
+
+
+def auto_train_precision(device: torch.device) -> tuple[str, str]:
+    """What ``train.precision=auto`` trains in on ``device``, and why: bf16 where the device
+    computes it natively (a CPU with AVX512_BF16 or AMX; a CUDA GPU with bf16, Ampere and
+    later), fp16 (with a gradient scaler) on older CUDA GPUs, fp32 elsewhere. Never emulated
+    bf16: on a CPU without it bf16 is several times slower than fp32."""
+    if device.type == "cpu":
+        if cpu_has_native_bf16():
+            return "bf16", "this CPU computes bf16 natively (AVX512_BF16 or AMX)"
+        return "fp32", "this CPU has no native bf16 (no AVX512_BF16, no AMX)"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", "this GPU computes bf16 natively"
+        return "fp16", "this GPU has no native bf16; fp16 with a gradient scaler"
+    return "fp32", f"no mixed precision chosen on {device.type}"
 
 
 def check_precision(precision: str, device: torch.device, what: str = "precision") -> None:

@@ -8,6 +8,7 @@ checkpoint) runs before the first training step.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -36,7 +37,13 @@ from .engine import (
 from .engine.sync_bn import check_sync_bn
 from .errors import ConfigError, DataError
 from .models import create_model
-from .runtime import check_precision, configure_torch, resolve_device
+from .runtime import (
+    PRECISIONS,
+    auto_train_precision,
+    check_precision,
+    configure_torch,
+    resolve_device,
+)
 from .weights import (
     add_num_batches_tracked,
     extract_state_dict,
@@ -210,6 +217,23 @@ def _resumed_splits(data: DataConfig, run_folder: Path) -> Splits:
     return splits
 
 
+def resolve_train_precision(
+    cfg: Config, device: torch.device, ckpt: dict[str, Any] | None = None
+) -> tuple[Config, str | None]:
+    """The config with ``train.precision=auto`` replaced by what it means on ``device``
+    (:func:`~resnext.runtime.auto_train_precision`), and the line that says so. A resumed
+    run keeps the precision it started with (its checkpoint's), wherever it resumes."""
+    if cfg.train.precision != "auto":
+        return cfg, None
+    stored = ((ckpt or {}).get("config") or {}).get("train", {}).get("precision")
+    if ckpt is not None and stored in PRECISIONS:
+        precision, why = stored, "the precision the run started with"
+    else:
+        precision, why = auto_train_precision(device)
+    train_cfg = dataclasses.replace(cfg.train, precision=precision)
+    return dataclasses.replace(cfg, train=train_cfg), f"train.precision auto -> {precision}: {why}"
+
+
 # -- the job ------------------------------------------------------------------------------
 def _train(
     cfg: Config,
@@ -224,6 +248,9 @@ def _train(
         say = _silent
     cfg, resume, ckpt = resolve_run_config(cfg, config_given=config_given, overrides=overrides)
     cfg = resolve_batch_size(cfg, dist.world_size)  # train.global_batch_size, if set
+    cfg, chosen = resolve_train_precision(cfg, device, ckpt)
+    if chosen:
+        say(chosen)
     if cfg.train.sync_bn:
         note = check_sync_bn(device, dist)
         if note:

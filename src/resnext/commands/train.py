@@ -78,7 +78,7 @@ def summary_rows(outcome: TrainOutcome) -> list[tuple[str, str]]:
     if r.test is not None:
         weights = "EMA weights" if r.selected == "ema" else "trained weights"
         rows += [
-            (f"test top-1 ({r.tested}, {weights})", f"{r.test['top1']:.2f}%"),
+            (f"test top-1 ({r.tested}, {weights}, fp32)", f"{r.test['top1']:.2f}%"),
             ("test top-5", f"{r.test['top5']:.2f}%"),
             ("test images", str(r.test["images"])),
         ]

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
 from ..errors import ConfigError
-from ..runtime import autocast
+from ..runtime import auto_train_precision, autocast
 from .distributed import DistInfo
 from .ema import ModelEma
 from .optim import build_optimizer, build_scheduler, scaled_lr
@@ -44,14 +44,16 @@ class Stepper:
         log: Callable[[str], None] = print,
     ) -> None:
         tc = cfg.train
-        self.model, self.device, self.precision = model, device, tc.precision
+        # auto: resolved here too for callers that build a Stepper from a raw config
+        precision = auto_train_precision(device)[0] if tc.precision == "auto" else tc.precision
+        self.model, self.device, self.precision = model, device, precision
         self.clip = tc.clip_grad_norm
         self.ema = ModelEma(model, tc.ema_decay) if tc.ema_decay else None
         total_batch = tc.batch_size * tc.accumulate_steps * dist.world_size
         self.lr = scaled_lr(cfg.optim, total_batch)
         self.optimizer = build_optimizer(model, cfg.optim, self.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, steps_per_epoch, total_steps)
-        self.scaler = torch.amp.GradScaler("cuda") if tc.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self.forward_model: nn.Module = model
         self.ddp: DistributedDataParallel | None = None
         if dist.enabled:

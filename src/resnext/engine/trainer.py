@@ -11,6 +11,7 @@ deterministic settings.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..data import bad_file_report, make_loader, set_loader_epoch
 from ..errors import ConfigError, DataError, TrainingError
-from ..runtime import check_precision
+from ..runtime import auto_train_precision, check_precision
 from ..weights import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
 from ..weights import save_checkpoint as write_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
@@ -83,6 +84,9 @@ class Trainer:
         dist: DistInfo = SINGLE,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        if cfg.train.precision == "auto":  # resnext.training resolves it first and says so
+            chosen, _ = auto_train_precision(device)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=chosen))
         self.cfg, self.tc = cfg, cfg.train
         self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
         self.run_dir = Path(run_dir)
@@ -439,8 +443,11 @@ class Trainer:
         # After this the trained model (or its EMA) holds the selected weights.
         model = self._eval_model()
         load_checked(model, ckpt["ema"] if self.selected == "ema" else ckpt["model"])
-        test = self.evaluate("test", model)
+        # In fp32 whatever the training precision: the score `resnext eval` reproduces with
+        # its defaults, and what the checkpoint gives where it is deployed.
+        test = self.evaluate("test", model, precision="fp32")
         where = {"step": self.progress.step, "checkpoint": path.name}
         info = {"best_epoch": self.progress.best_epoch, "weights": self.selected}
+        info["precision"] = "fp32"
         self._record({"kind": "test", **where, **info, **{f"test_{k}": v for k, v in test.items()}})
         return test, path.name

@@ -53,13 +53,17 @@ class SplitEvaluator:
             )
         return self._loaders[split]
 
-    def __call__(self, split: str, model: nn.Module) -> dict[str, float]:
+    def __call__(
+        self, split: str, model: nn.Module, precision: str | None = None
+    ) -> dict[str, float]:
+        """Loss, top-1, top-5 and image count of ``model`` on ``split``, computed in
+        ``precision`` (default: the run's)."""
         report = run_metrics(
             [model],
             self.loader(split),
             self.num_classes,
             device=self.device,
-            precision=self.precision,
+            precision=precision or self.precision,
             channels_last=self.channels_last,
             progress=False,
             distributed=self.dist.enabled,
