@@ -58,3 +58,19 @@ def test_an_untraceable_model_runs_unfolded_with_a_warning() -> None:
     x = torch.randn(2, 3, 8, 8)
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), model(x))
+
+
+@pytest.mark.parametrize("form", ["a", "b", "c"])
+def test_folded_blocks_add_the_shortcut_in_place(form: str) -> None:
+    """torch.fx traces ``out += x`` as an out-of-place add; the blocks write ``add_`` so the
+    folded model adds into the existing feature map instead of allocating a new one (on a
+    2-core Zen 5 a fresh 16x256x56x56 output took 2-15 ms against 1 ms in place)."""
+    import operator
+
+    model = create_model("resnext29_2x4d", num_classes=10, block_form=form, **TINY)
+    folded = fold_batchnorm(model)
+    calls = [n for n in folded.graph.nodes if n.op in ("call_function", "call_method")]
+    blocks = sum(len(stage) for stage in model.stages())
+    assert sum(n.target == "add_" for n in calls) == blocks  # one shortcut add per block
+    if form != "a":  # form a also sums its paths (adds of small path outputs)
+        assert not [n for n in calls if n.target in (operator.add, torch.add, "add")]
