@@ -31,10 +31,11 @@ BACKENDS = ("auto", "eager", "compile", "onnxruntime")
 
 def choose_backend(device: torch.device, precision: str) -> tuple[str, str]:
     """What ``auto`` runs, and why (the rule, from ``resnext bench`` on a Zen 5 CPU,
-    resnext50_32x4d, batch 16, three runs, vs torchvision's default path): onnxruntime for
-    fp32 on the CPU where it is installed (2.9x; compile 2.0-2.4x, eager 1.8-2.3x); eager for
-    bf16/fp16 (autocast; bf16 eager 4.1-5.0x, compile 4.4-5.3x: no consistent gain for its
-    ~30 s warm-up) and on CUDA (not measured here); eager where onnxruntime is missing."""
+    resnext50_32x4d, batch 16, five runs, vs torchvision's default path): onnxruntime for
+    fp32 on the CPU where it is installed (2.9-3.0x; compile 2.0-2.4x, eager 1.8-2.4x); eager
+    for bf16/fp16 (autocast; bf16 eager 4.1-5.0x, compile 4.4-5.5x: -4% to +29% over eager,
+    not worth a ~30 s warm-up per shape by default) and on CUDA (not measured here); eager
+    where onnxruntime is missing."""
     if device.type != "cpu":
         return "eager", f"{device.type}: eager"
     if precision != "fp32":
