@@ -98,6 +98,23 @@ def test_tensors_match_torchvision_bitwise(interpolation, make) -> None:
     assert torch.equal(ours(x), ref(x).as_subclass(torch.Tensor))
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.random.default_rng(0).integers(0, 256, (45, 61, 3), dtype=np.uint8),  # HWC
+        lambda: np.random.default_rng(1).integers(0, 256, (45, 61), dtype=np.uint8),  # HW
+        lambda: torch.randint(0, 256, (45, 61), dtype=torch.uint8),  # HW tensor
+        lambda: torch.rand(3, 45, 61, dtype=torch.float16),
+        lambda: torch.randint(0, 256, (2, 3, 45, 61), dtype=torch.uint8),  # a batch
+    ],
+)
+def test_arrays_and_other_tensors_match_torchvision_bitwise(make) -> None:
+    x = make()
+    ours = EvalTransform(32, IMAGENET_MEAN, IMAGENET_STD, 36, "bilinear")
+    ref = _reference(32, 36, "bilinear", "round")
+    assert torch.equal(ours(x), ref(x).as_subclass(torch.Tensor))
+
+
 def test_the_reference_is_sensitive_to_what_it_checks() -> None:
     """The bitwise comparisons above would catch a one-pixel crop shift or another filter."""
     img = _photo(500, 375)
@@ -128,6 +145,11 @@ def test_bad_inputs_are_clear_errors() -> None:
         EvalTransform(8, IMAGENET_MEAN, IMAGENET_STD, interpolation="lanczos")
     with pytest.raises(ValueError, match="crop_offset must be one of"):
         EvalTransform(8, IMAGENET_MEAN, IMAGENET_STD, crop_offset="floor")
+    with pytest.raises(ValueError, match="resize 6 is smaller than the crop 8"):
+        EvalTransform(8, IMAGENET_MEAN, IMAGENET_STD, resize=6)
+    # 16-bit tensors: torchvision rounds some integer types and not others; refused here
+    with pytest.raises(ValueError, match=r"uint8 .* or float .*, got torch\.int16"):
+        tf(torch.zeros(3, 9, 9, dtype=torch.int16))
 
 
 def test_bilinear_without_avx_matches_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,14 +94,21 @@ def test_auto_train_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch
     assert runtime.auto_train_precision(cpu)[0] == "bf16"
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert runtime.auto_train_precision(cpu)[0] == "fp32"
-    cuda = torch.device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert runtime.auto_train_precision(cuda)[0] == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
-    assert runtime.auto_train_precision(cuda) == (
-        "fp16",
-        "this GPU has no native bf16; fp16 with a gradient scaler",
-    )
+    cuda = torch.device("cuda:1")
+    for capability, want in (
+        ((9, 0), "bf16"),
+        ((8, 0), "bf16"),
+        ((7, 5), "fp16"),
+        ((6, 1), "fp32"),
+    ):
+        asked: list[torch.device] = []
+        monkeypatch.setattr(
+            torch.cuda,
+            "get_device_capability",
+            lambda d, c=capability, seen=asked: seen.append(d) or c,
+        )
+        assert runtime.auto_train_precision(cuda)[0] == want, capability
+        assert asked == [cuda]  # the run's own GPU, not the current one
     # The run config gets the resolved value (written to config.yaml and the checkpoints);
     # a resume keeps the checkpoint's, on whatever machine it resumes.
     cfg = from_dict({})
@@ -113,6 +120,12 @@ def test_auto_train_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch
     assert resumed.train.precision == "bf16" and "started with" in (said or "")
     explicit = from_dict({"train": {"precision": "fp32"}})
     assert resolve_train_precision(explicit, cpu, ckpt) == (explicit, None)
+    # a run of an older version stored train.amp: read as today's key, kept
+    old = {"config": {"train": {"amp": "none"}}}
+    assert resolve_train_precision(cfg, cpu, old)[0].train.precision == "fp32"
+    # an fp16 run (auto on an older GPU) cannot resume exactly on the CPU: said at once
+    with pytest.raises(ConfigError, match=r"trained in fp16 .* resume on a CUDA device"):
+        resolve_train_precision(cfg, cpu, {"config": {"train": {"precision": "fp16"}}})
     with pytest.raises(ConfigError, match="auto, fp32, bf16, fp16"):
         from_dict({"train": {"precision": "half"}})
 

@@ -82,16 +82,19 @@ def cpu_has_native_bf16() -> bool:
 def auto_train_precision(device: torch.device) -> tuple[str, str]:
     """What ``train.precision=auto`` trains in on ``device``, and why: bf16 where the device
     computes it natively (a CPU with AVX512_BF16 or AMX; a CUDA GPU with bf16, Ampere and
-    later), fp16 (with a gradient scaler) on older CUDA GPUs, fp32 elsewhere. Never emulated
+    later), fp16 (with a gradient scaler) on Volta/Turing GPUs, fp32 elsewhere. Never emulated
     bf16: on a CPU without it bf16 is several times slower than fp32."""
     if device.type == "cpu":
         if cpu_has_native_bf16():
             return "bf16", "this CPU computes bf16 natively (AVX512_BF16 or AMX)"
         return "fp32", "this CPU has no native bf16 (no AVX512_BF16, no AMX)"
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported(including_emulation=False):
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 8:  # Ampere and later
             return "bf16", "this GPU computes bf16 natively"
-        return "fp16", "this GPU has no native bf16; fp16 with a gradient scaler"
+        if major >= 7:  # Volta/Turing: fp16 tensor cores
+            return "fp16", "this GPU has fp16 tensor cores but no bf16; fp16 with a gradient scaler"
+        return "fp32", "this GPU has neither bf16 nor fp16 tensor cores"
     return "fp32", f"no mixed precision chosen on {device.type}"
 
 

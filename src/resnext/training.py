@@ -225,9 +225,15 @@ def resolve_train_precision(
     run keeps the precision it started with (its checkpoint's), wherever it resumes."""
     if cfg.train.precision != "auto":
         return cfg, None
-    stored = ((ckpt or {}).get("config") or {}).get("train", {}).get("precision")
-    if ckpt is not None and stored in PRECISIONS:
+    # read as today's keys (a run of an older version stored train.amp)
+    stored = from_dict(ckpt.get("config") or {}).train.precision if ckpt is not None else None
+    if stored in PRECISIONS:
         precision, why = stored, "the precision the run started with"
+        if precision == "fp16" and device.type != "cuda":
+            raise ConfigError(
+                f"the run trained in fp16 (train.precision auto on a GPU without bf16) and an "
+                f"exact resume needs it, which {device.type} cannot run; resume on a CUDA device"
+            )
     else:
         precision, why = auto_train_precision(device)
     train_cfg = dataclasses.replace(cfg.train, precision=precision)
@@ -249,6 +255,11 @@ def _train(
     cfg, resume, ckpt = resolve_run_config(cfg, config_given=config_given, overrides=overrides)
     cfg = resolve_batch_size(cfg, dist.world_size)  # train.global_batch_size, if set
     cfg, chosen = resolve_train_precision(cfg, device, ckpt)
+    if chosen and dist.enabled:  # one precision for the job: rank 0's choice
+        choice = [cfg.train.precision, chosen]
+        torch.distributed.broadcast_object_list(choice, src=0)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=choice[0]))
+        chosen = choice[1]
     if chosen:
         say(chosen)
     if cfg.train.sync_bn:

@@ -5,7 +5,7 @@ use, so ``from resnext.data import Preprocess`` stays light for predicting and s
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
 from .base import SeededSampler, Splits, TensorImages, TransformedDataset
@@ -13,6 +13,10 @@ from .digits import DIGITS_CLASSES, load_digits_images
 from .evaluation import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, eval_transform
 from .images import BadFileReport, BadImageError, ImageFiles, bad_file_report, load_image
 from .preprocess import Preprocess, TenCropTransform
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads them
+    from .build import READERS, build_raw_splits, build_splits, make_loader, set_loader_epoch
+    from .transforms import Lighting, train_transform
 
 # name -> submodule, imported on first access (PEP 562)
 _LAZY = {

@@ -4,9 +4,12 @@ alone, so that predicting and serving never import torchvision.
 It performs exactly the operations torchvision's v2 transforms perform for
 ``ToImage -> Resize(antialias=True) -> CenterCrop -> ToDtype(float32, scale=True) ->
 Normalize`` on the same tensors, in the same memory layout, so its output equals theirs bit
-for bit; ``tests/test_data_evaluation.py`` checks that against torchvision for every
-interpolation, crop offset and input kind. Training keeps torchvision's transforms
-(:mod:`resnext.data.transforms`), so train and eval resize with the same kernel.
+for bit; ``tests/test_data_evaluation.py`` checks that against the pinned torchvision
+(``constraints.txt``) for every interpolation and crop offset, PIL images of every mode, and
+uint8 / float tensors and arrays. Training keeps torchvision's transforms
+(:mod:`resnext.data.transforms`), so train and eval resize with the same kernel. Older
+torchvision releases chose the uint8 bilinear kernel by another CPU test (AVX2 only), so
+with them the two can differ in the last bit.
 """
 
 from __future__ import annotations
@@ -29,16 +32,27 @@ INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")
 CROP_OFFSETS = ("round", "ceil")
 
 
-def to_image_tensor(img: Image.Image | torch.Tensor) -> torch.Tensor:
-    """A PIL image (any mode) or a ``(C, H, W)`` tensor -> a 3-channel ``(3, H, W)`` image
-    tensor: PIL images as uint8 in a channels-last view of their pixels (torchvision's
-    ``pil_to_tensor``), one-channel tensors expanded to three, tensors otherwise as given."""
+def to_image_tensor(img: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A PIL image (any mode), a ``(H, W[, C])`` numpy array or a ``([C, ]H, W)`` tensor ->
+    a 3-channel ``(3, H, W)`` image tensor, as torchvision's ``to_image`` makes it: PIL
+    images as uint8 in a channels-last view of their pixels, one-channel images expanded to
+    three, tensors otherwise as given. Tensors and arrays must be uint8 (0..255) or float
+    (0..1)."""
     if isinstance(img, Image.Image):
         rgb = to_rgb(img)
         hwc = torch.from_numpy(np.array(rgb, copy=True)).view(rgb.height, rgb.width, 3)
         return hwc.permute(2, 0, 1)
+    if isinstance(img, np.ndarray):
+        img = torch.from_numpy(np.atleast_3d(img)).permute(2, 0, 1).contiguous()
     if not isinstance(img, torch.Tensor):
         raise TypeError(f"expected a PIL image or an image tensor, got {type(img).__name__}")
+    if img.dtype != torch.uint8 and not img.dtype.is_floating_point:
+        raise ValueError(
+            f"image tensors must be uint8 (0..255) or float (0..1), got {img.dtype}; convert "
+            "it first (e.g. x.float() / x.max() for 16-bit data)"
+        )
+    if img.ndim == 2:
+        img = img.unsqueeze(0)
     channels = img.shape[-3] if img.ndim >= 3 else 0
     if channels == 1:
         return img.expand(*img.shape[:-3], 3, *img.shape[-2:])
@@ -131,13 +145,15 @@ def center_crop(img: torch.Tensor, size: int, offset: str = "round") -> torch.Te
 
 
 def scale_to_float(img: torch.Tensor) -> torch.Tensor:
-    """Integer images -> float32 in [0, 1] (divided by the dtype's maximum); float images
-    -> float32 as they are."""
+    """uint8 images -> float32 in [0, 1] (divided by 255); float images -> float32 as they
+    are."""
     if img.dtype == torch.float32:
         return img
     if img.dtype.is_floating_point:
         return img.to(torch.float32)
-    return img.to(torch.float32).mul_(1.0 / torch.iinfo(img.dtype).max)
+    if img.dtype != torch.uint8:
+        raise ValueError(f"image tensors must be uint8 or float, got {img.dtype}")
+    return img.to(torch.float32).mul_(1.0 / 255)
 
 
 class EvalTransform:
@@ -165,6 +181,11 @@ class EvalTransform:
             )
         if any(s == 0 for s in std):
             raise ValueError(f"std {tuple(std)} holds a zero")
+        if resize is not None and resize < size:
+            raise ValueError(
+                f"resize {resize} is smaller than the crop {size}; the shorter side must be at "
+                "least the crop side"
+            )
         self.size, self.resize = size, resize if resize is not None else size
         self.interpolation, self.crop_offset = interpolation, crop_offset
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
@@ -174,6 +195,8 @@ class EvalTransform:
         x = to_image_tensor(img)
         x = resize_shorter(x, self.resize, self.interpolation)
         x = scale_to_float(center_crop(x, self.size, self.crop_offset))
+        if x.device != self.mean.device:  # e.g. a CUDA image tensor
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         return x.sub(self.mean).div_(self.std)
 
     def __repr__(self) -> str:

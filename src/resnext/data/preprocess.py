@@ -152,7 +152,7 @@ class Preprocess:
 
 
 class TenCropTransform:
-    """Resize like :func:`~resnext.data.transforms.eval_transform`, then torchvision's
+    """Resize like :func:`~resnext.data.evaluation.eval_transform`, then torchvision's
     ``TenCrop``; each crop normalised, stacked into ``(10, C, S, S)``. With
     ``crop_offset="ceil"`` the two centre crops (of the image and of its mirror image) sit
     at fb.resnet.torch's offset, as its ``TenCrop`` puts them."""

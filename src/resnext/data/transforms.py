@@ -3,8 +3,9 @@
 and equals torchvision's v2 resize/crop bit for bit (tested).
 
 Inputs are PIL images (any mode) or uint8 CHW tensors with 1 or 3 channels; outputs are
-float CHW RGB tensors, normalised. Train and eval use the same resize back-end
-(torchvision v2 on uint8 tensors, antialiased) and the same interpolation: mixing
+float CHW RGB tensors, normalised. Train and eval use the same resize kernel (torch's
+antialiased resize on uint8 tensors, called by torchvision v2 here and by
+:mod:`resnext.data.evaluation` directly) and the same interpolation: mixing
 back-ends costs ~0.7% top-1 (PAPER.md, pitfalls). Every resize keeps the aspect ratio
 (shorter side, then a crop), so train and eval see objects with the same proportions.
 Random draws come from torch's global RNG, which
@@ -21,6 +22,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
+from .evaluation import CROP_OFFSETS as CROP_OFFSETS
 from .evaluation import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported with the eval side
 from .evaluation import IMAGENET_STD as IMAGENET_STD
 from .evaluation import INTERPOLATION_NAMES
