@@ -160,3 +160,23 @@ def test_bilinear_without_avx_matches_torchvision(monkeypatch: pytest.MonkeyPatc
     ref = _reference(224, 256, "bilinear", "round")
     img = _photo(500, 375)
     assert torch.equal(ours(img), ref(img).as_subclass(torch.Tensor))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_ten_crop_matches_torchvisions_ten_crop_bitwise(interpolation: str) -> None:
+    from resnext.data import Preprocess
+
+    pre = Preprocess(224, 256, interpolation, IMAGENET_MEAN, IMAGENET_STD)
+    mode = getattr(v2.InterpolationMode, interpolation.upper())
+    resize = v2.Compose(
+        [lambda im: v2.functional.to_image(to_rgb(im)), v2.Resize(256, mode, antialias=True)]
+    )
+    finish = v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    for w, h in ((500, 375), (375, 500), (301, 256)):
+        img = _photo(w, h)
+        want = torch.stack(
+            [finish(c).as_subclass(torch.Tensor) for c in v2.TenCrop(224)(resize(img))]
+        )
+        assert torch.equal(pre.transform(ten_crop=True)(img), want), (w, h)

@@ -32,6 +32,26 @@ INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")
 CROP_OFFSETS = ("round", "ceil")
 
 
+def check_geometry(size: int, resize: int | None, interpolation: str, crop_offset: str) -> None:
+    """Raise ValueError for an evaluation geometry that cannot run: a crop under 1 pixel, a
+    resize smaller than the crop, an unknown filter or crop offset."""
+    if crop_offset not in CROP_OFFSETS:
+        raise ValueError(
+            f"crop_offset must be one of {', '.join(CROP_OFFSETS)}, got {crop_offset!r}"
+        )
+    if size < 1:
+        raise ValueError(f"image_size must be at least 1, got {size}")
+    if resize is not None and resize < size:
+        raise ValueError(
+            f"resize {resize} is smaller than the crop {size}; the shorter side must be at "
+            "least the crop side"
+        )
+    if interpolation not in INTERPOLATION_NAMES:
+        raise ValueError(
+            f"interpolation must be one of {', '.join(INTERPOLATION_NAMES)}, got {interpolation!r}"
+        )
+
+
 def to_image_tensor(img: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """A PIL image (any mode), a ``(H, W[, C])`` numpy array or a ``([C, ]H, W)`` tensor ->
     a 3-channel ``(3, H, W)`` image tensor, as torchvision's ``to_image`` makes it: PIL
@@ -170,31 +190,24 @@ class EvalTransform:
         interpolation: str = "bilinear",
         crop_offset: str = "round",
     ) -> None:
-        if interpolation not in INTERPOLATION_NAMES:
-            raise ValueError(
-                f"interpolation must be one of {', '.join(INTERPOLATION_NAMES)}, "
-                f"got {interpolation!r}"
-            )
-        if crop_offset not in CROP_OFFSETS:
-            raise ValueError(
-                f"crop_offset must be one of {', '.join(CROP_OFFSETS)}, got {crop_offset!r}"
-            )
+        check_geometry(size, resize, interpolation, crop_offset)
         if any(s == 0 for s in std):
             raise ValueError(f"std {tuple(std)} holds a zero")
-        if resize is not None and resize < size:
-            raise ValueError(
-                f"resize {resize} is smaller than the crop {size}; the shorter side must be at "
-                "least the crop side"
-            )
         self.size, self.resize = size, resize if resize is not None else size
         self.interpolation, self.crop_offset = interpolation, crop_offset
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, img: Any) -> torch.Tensor:
-        x = to_image_tensor(img)
-        x = resize_shorter(x, self.resize, self.interpolation)
-        x = scale_to_float(center_crop(x, self.size, self.crop_offset))
+        return self.normalise(center_crop(self.resized(img), self.size, self.crop_offset))
+
+    def resized(self, img: Any) -> torch.Tensor:
+        """The image as a 3-channel tensor with its shorter side at ``resize``."""
+        return resize_shorter(to_image_tensor(img), self.resize, self.interpolation)
+
+    def normalise(self, crop: torch.Tensor) -> torch.Tensor:
+        """A crop scaled to [0, 1] and normalised: ``(x - mean) / std``."""
+        x = scale_to_float(crop)
         if x.device != self.mean.device:  # e.g. a CUDA image tensor
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         return x.sub(self.mean).div_(self.std)

@@ -17,10 +17,11 @@ import torch
 from ..config import DataConfig
 from ..errors import ConfigError, WeightsError
 from .evaluation import (
-    CROP_OFFSETS,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    INTERPOLATION_NAMES,
+    EvalTransform,
+    center_crop,
+    check_geometry,
     eval_transform,
 )
 
@@ -39,22 +40,7 @@ class Preprocess:
     crop_offset: str = "round"
 
     def __post_init__(self) -> None:
-        if self.crop_offset not in CROP_OFFSETS:
-            raise ValueError(
-                f"crop_offset must be one of {', '.join(CROP_OFFSETS)}, got {self.crop_offset!r}"
-            )
-        if self.image_size < 1:
-            raise ValueError(f"image_size must be at least 1, got {self.image_size}")
-        if self.eval_resize is not None and self.eval_resize < self.image_size:
-            raise ValueError(
-                f"resize {self.eval_resize} is smaller than the crop {self.image_size}; "
-                "the shorter side must be at least the crop side"
-            )
-        if self.interpolation not in INTERPOLATION_NAMES:
-            raise ValueError(
-                f"interpolation must be one of {', '.join(INTERPOLATION_NAMES)}, "
-                f"got {self.interpolation!r}"
-            )
+        check_geometry(self.image_size, self.eval_resize, self.interpolation, self.crop_offset)
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean {self.mean} and std {self.std} differ in length")
 
@@ -139,45 +125,34 @@ class Preprocess:
         crops and the centre crop of the resized image and the same five of its mirror image
         (paper Sec. 4, 10-crop test). The centre crop is exactly the single-crop input.
         """
-        if not ten_crop:
-            return eval_transform(
-                self.image_size,
-                self.mean,
-                self.std,
-                self.eval_resize,
-                self.interpolation,
-                self.crop_offset,
-            )
-        return TenCropTransform(self)
+        single = eval_transform(
+            self.image_size,
+            self.mean,
+            self.std,
+            self.eval_resize,
+            self.interpolation,
+            self.crop_offset,
+        )
+        return TenCropTransform(single) if ten_crop else single
 
 
 class TenCropTransform:
-    """Resize like :func:`~resnext.data.evaluation.eval_transform`, then torchvision's
-    ``TenCrop``; each crop normalised, stacked into ``(10, C, S, S)``. With
-    ``crop_offset="ceil"`` the two centre crops (of the image and of its mirror image) sit
-    at fb.resnet.torch's offset, as its ``TenCrop`` puts them."""
+    """The paper's 10-crop test (torchvision's ``TenCrop`` order): the image resized as
+    :class:`~resnext.data.evaluation.EvalTransform` resizes it, its four corner crops and
+    centre crop, then the same five of its mirror image; each normalised, stacked into
+    ``(10, C, S, S)``. The centre crops sit where the single crop does (``crop_offset``:
+    torchvision's or fb.resnet.torch's), so crop 4 is exactly the single-crop input."""
 
-    def __init__(self, pre: Preprocess) -> None:
-        from torchvision.transforms import v2  # the 10-crop test only: torchvision's TenCrop
-
-        from .transforms import INTERPOLATIONS, CeilCenterCrop, ToRGBImage
-
-        self._v2 = v2
-        interp = INTERPOLATIONS[pre.interpolation]
-        s = pre.image_size
-        # Shorter side to the resize (default: the crop), as eval_transform does.
-        resize = v2.Resize(pre.eval_resize or s, interp, antialias=True)
-        self.resize = v2.Compose([ToRGBImage(), resize])
-        self.ten = v2.TenCrop(s)
-        self.ceil = CeilCenterCrop(s) if pre.crop_offset == "ceil" else None
-        self.finish = v2.Compose(
-            [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
-        )
+    def __init__(self, single: EvalTransform) -> None:
+        self.single = single
 
     def __call__(self, image: Any) -> torch.Tensor:
-        resized = self.resize(image)
-        crops = list(self.ten(resized))  # 4 corners + centre, then the same of the mirror
-        if self.ceil is not None:
-            crops[4] = self.ceil(resized)
-            crops[9] = self.ceil(self._v2.functional.horizontal_flip(resized))
-        return torch.stack([self.finish(c).as_subclass(torch.Tensor) for c in crops])
+        t = self.single
+        resized, s = t.resized(image), t.size
+        h, w = resized.shape[-2:]
+        crops = []
+        for img in (resized, resized.flip(-1)):
+            corners = [img[..., :s, :s], img[..., :s, w - s :], img[..., h - s :, :s]]
+            corners.append(img[..., h - s :, w - s :])
+            crops += [*corners, center_crop(img, s, t.crop_offset)]
+        return torch.stack([t.normalise(c) for c in crops])

@@ -163,20 +163,3 @@ def train_transform(
     raise ValueError(
         f"data.augment must be none, crop, cifar, imagenet or imagenet_scale, got {augment!r}"
     )
-
-
-class CeilCenterCrop(torch.nn.Module):
-    """A centre crop whose offset is ``ceil((W - S) / 2)``, as fb.resnet.torch's
-    ``CenterCrop`` computes it; torchvision rounds half to even instead, so the two differ by
-    one pixel where the margin ``W - S`` is 1 modulo 4."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def forward(self, img):
-        h, w = v2.functional.get_size(img)
-        if h < self.size or w < self.size:
-            raise ValueError(f"image {w}x{h} is smaller than the crop {self.size}")
-        top, left = -(-(h - self.size) // 2), -(-(w - self.size) // 2)
-        return v2.functional.crop(img, top, left, self.size, self.size)
