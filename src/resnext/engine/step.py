@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
 from ..errors import ConfigError
-from ..runtime import auto_train_precision, autocast
+from ..runtime import autocast, train_precision
 from .distributed import DistInfo
 from .ema import ModelEma
 from .optim import build_optimizer, build_scheduler, scaled_lr
@@ -45,7 +45,7 @@ class Stepper:
     ) -> None:
         tc = cfg.train
         # auto: resolved here too for callers that build a Stepper from a raw config
-        precision = auto_train_precision(device)[0] if tc.precision == "auto" else tc.precision
+        precision = train_precision(tc.precision, device)
         self.model, self.device, self.precision = model, device, precision
         self.clip = tc.clip_grad_norm
         self.ema = ModelEma(model, tc.ema_decay) if tc.ema_decay else None

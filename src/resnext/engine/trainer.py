@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..data import bad_file_report, make_loader, set_loader_epoch
 from ..errors import ConfigError, DataError, TrainingError
-from ..runtime import auto_train_precision, check_precision
+from ..runtime import check_precision, train_precision
 from ..weights import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
 from ..weights import save_checkpoint as write_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
@@ -84,9 +84,9 @@ class Trainer:
         dist: DistInfo = SINGLE,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        if cfg.train.precision == "auto":  # resnext.training resolves it first and says so
-            chosen, _ = auto_train_precision(device)
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=chosen))
+        # auto: resnext.training resolves it first and says so; here for direct callers
+        chosen = train_precision(cfg.train.precision, device)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=chosen))
         self.cfg, self.tc = cfg, cfg.train
         self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
         self.run_dir = Path(run_dir)
