@@ -1,4 +1,5 @@
-"""Argument-parsing pieces shared by the sub-commands that load a model (eval, predict)."""
+"""Argument-parsing pieces shared by the sub-commands that load a model (eval, predict,
+serve)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="registry name for --weights, e.g. resnext50_32x4d")
     p.add_argument("--weights", help="a plain state dict (.pth/.safetensors) for --model")
     add_ema_options(p, "use")
+    add_runtime_options(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """--backend, --precision, --device: how and where the model runs."""
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -45,7 +52,6 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="forward pass in fp32, or bf16/fp16 autocast (fp16: CUDA only)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def add_ema_options(p: argparse.ArgumentParser, verb: str) -> None:

@@ -10,10 +10,8 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from ..inference.backends import BACKENDS
-from ..runtime import PRECISIONS
 from ..serve.settings import ServeSettings
-from .common import add_ema_options
+from .common import add_ema_options, add_runtime_options
 
 _DEFAULTS = ServeSettings()
 
@@ -32,14 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--port", type=int, default=8000, help="port (default %(default)s; 0 = any free port)"
     )
     add_ema_options(p, "serve")
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="inference back-end, as for resnext predict (default auto)",
-    )
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32, bf16 or fp16")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_runtime_options(p)
     p.add_argument(
         "--max-batch",
         type=int,
