@@ -56,18 +56,24 @@ def write_jpegs(root: Path, n: int, classes: int = 4, seed: int = 0) -> int:
     return total
 
 
-def pipeline_rate(root: Path, workers: int, batch_size: int, epochs: int) -> float:
-    """Train-pipeline images/s with ``workers`` loader processes (after one warm-up epoch)."""
-    cfg = DataConfig(
-        name="imagefolder",
+def data_config(root: Path, name: str, workers: int) -> DataConfig:
+    """The ImageNet train pipeline (paper augmentation at 224) over ``root``, all of it train;
+    shard streams shuffle among 256 samples a worker."""
+    return DataConfig(
+        name=name,
         root=str(root),
         val_dir=None,
         val_fraction=0.0,
         augment="imagenet",
         image_size=224,
         num_workers=workers,
+        shuffle_buffer=256,
     )
-    train = build_splits(cfg).train
+
+
+def pipeline_rate(root: Path, workers: int, batch_size: int, epochs: int) -> float:
+    """Train-pipeline images/s with ``workers`` loader processes (after one warm-up epoch)."""
+    train = build_splits(data_config(root, "imagefolder", workers)).train
     loader = make_loader(train, batch_size, shuffle=True, seed=0, num_workers=workers)
     for _ in loader:  # warm-up: worker start-up, file cache
         pass

@@ -44,7 +44,7 @@ from resnext.data.shards import Shard, import_webdataset, read_index, read_shard
 from resnext.table import format_table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from data_pipeline import write_jpegs  # a sibling script, not a package
+from data_pipeline import data_config, write_jpegs  # a sibling script, not a package
 
 
 def evict(files: list[Path]) -> float | None:
@@ -76,19 +76,6 @@ def cached_share(files: list[Path]) -> float | None:
             res, size = line.split()[:2]
             cached, total = cached + int(res), total + int(size)
     return min(1.0, cached / total) if total else None  # fincore counts whole pages
-
-
-def data_config(root: Path, name: str, workers: int) -> DataConfig:
-    return DataConfig(
-        name=name,
-        root=str(root),
-        val_dir=None,
-        val_fraction=0.0,
-        augment="imagenet",
-        image_size=224,
-        num_workers=workers,
-        shuffle_buffer=256,
-    )
 
 
 def timed_passes(cfg: DataConfig, files: list[Path], batch: int) -> tuple[float, float, float]:
