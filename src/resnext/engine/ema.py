@@ -1,12 +1,23 @@
-"""Exponential moving average of a model's weights, updated after every optimizer step."""
+"""Exponential moving average of a model's weights, updated after every optimizer step, and
+the three ways its BatchNorm statistics can be kept (``train.ema_bn``)."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+#: How the EMA's BatchNorm running statistics are kept:
+#: ``average``: averaged along the trajectory with the weights' decay (timm's ModelEmaV2,
+#: torchvision's ``AveragedModel(use_buffers=True)``); they describe earlier, still-moving
+#: weights, not the averaged ones, so early in a run the EMA can score far below the model.
+#: ``copy``: the trained model's current statistics, copied at every update.
+#: ``recompute``: copied at every update, then measured afresh for the averaged weights on a
+#: fixed set of training batches before each validation and checkpoint (SWA's ``update_bn``).
+EMA_BN_MODES = ("average", "copy", "recompute")
 
 
 class ModelEma:
@@ -14,37 +25,66 @@ class ModelEma:
 
     ``decay`` close to 1 means a long memory (0.999 averages roughly the last 1,000
     steps); the update never inverts it (a pitfall of some implementations, PAPER.md).
-    BN running statistics (floating-point buffers) are averaged with the same decay,
-    as timm's ``ModelEmaV2`` does, so the EMA's statistics match its weights; integer
-    buffers (``num_batches_tracked``) are copied.
+    Floating-point BN buffers follow ``bn`` (see :data:`EMA_BN_MODES`); integer buffers
+    (``num_batches_tracked``) are copied.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, bn: str = "average") -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), e.g. 0.999, got {decay}")
-        self.decay = decay
+        if bn not in EMA_BN_MODES:
+            raise ValueError(f"EMA BN mode must be one of {', '.join(EMA_BN_MODES)}, got {bn!r}")
+        self.decay, self.bn = decay, bn
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        self._buffers = {name for name, _ in self.module.named_buffers()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average towards ``model``'s current weights (call after each step).
 
-        One fused ``_foreach_lerp_`` over all floating-point tensors (a few kernel launches
+        One fused ``_foreach_lerp_`` over the averaged tensors (a few kernel launches
         instead of one per tensor): ``lerp(w_ema, w, 1 - d) = d * w_ema + (1 - d) * w``.
         """
         own = self.module.state_dict()
         averaged, targets = [], []
         for name, value in model.state_dict().items():
             ema = own[name]
-            if ema.is_floating_point():
+            if ema.is_floating_point() and (self.bn == "average" or name not in self._buffers):
                 averaged.append(ema)
                 targets.append(value.detach().to(ema.dtype))
             else:
                 ema.copy_(value)
         if averaged:
             torch._foreach_lerp_(averaged, targets, 1.0 - self.decay)
+
+    @torch.no_grad()
+    def recompute_bn(self, batches: Iterable[torch.Tensor]) -> int:
+        """Measure the EMA's BN running statistics afresh on ``batches`` (image tensors on the
+        EMA's device), as an equal-weight average over them; returns the image count.
+
+        Each BN layer's mean and variance come out as ``update_bn`` (SWA) computes them: the
+        running estimates are reset and ``momentum=None`` makes them a cumulative average.
+        """
+        layers = [m for m in self.module.modules() if isinstance(m, _BatchNorm)]
+        if not layers:
+            return 0
+        momenta = [m.momentum for m in layers]
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None
+        images = 0
+        self.module.train()
+        try:
+            for x in batches:
+                self.module(x)
+                images += len(x)
+        finally:
+            self.module.eval()
+            for m, momentum in zip(layers, momenta, strict=True):
+                m.momentum = momentum
+        return images
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
