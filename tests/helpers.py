@@ -1,19 +1,50 @@
-"""What the tests share: the tiny model's constants and the one hand-made checkpoint."""
+"""What the tests share, so that no test module imports another: paths, the tiny model and
+its training runs, hand-made checkpoints, and dataset files written in their official layouts.
+"""
 
 from __future__ import annotations
 
+import gzip
+import pickle
+import struct
+import tarfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from resnext.config import Config, from_dict
-from resnext.data import DIGITS_CLASSES, Preprocess
+from resnext.data import DIGITS_CLASSES, Preprocess, build_splits
 from resnext.data.digits import DIGITS_MEAN, DIGITS_STD
 from resnext.models import create_model
-from resnext.weights import make_checkpoint, save_checkpoint
+from resnext.weights import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+FIXTURES = TESTS / "fixtures"  # data files the tests read (pinned numbers)
+
+# --- the tiny model and its training runs ---------------------------------------------
 
 TINY = {"widths": (16, 32, 64), "stem_width": 16}  # a ResNeXt-29 that runs in milliseconds
+# TINY as `resnext train` overrides, progress bar off: where every tiny training run starts.
+TINY_RUN = (
+    "model.name=resnext29_2x4d",
+    f"model.widths=[{','.join(map(str, TINY['widths']))}]",
+    f"model.stem_width={TINY['stem_width']}",
+    "train.progress=false",
+)
+
+
+def tiny_run(*overrides: str) -> list[str]:
+    """`resnext train` overrides for a run of the tiny ResNeXt-29: TINY_RUN, then ``overrides``
+    (the last value given for a key wins, so a test can change any of TINY_RUN's)."""
+    return [*TINY_RUN, *overrides]
+
+
+# --- checkpoints and evaluation ---------------------------------------------------------
+
 # The preprocessing `resnext train` stores for the built-in digits (the demo's data config).
 DIGITS_PRE = Preprocess.from_config(Config().data, DIGITS_MEAN, DIGITS_STD).to_dict()
 
@@ -58,3 +89,188 @@ def randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.3)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+
+
+SMALL_TEST = "data.test_fraction=0.03"  # 50 of the 1,797 digits: keeps the tests fast
+
+
+def direct_probs(ckpt: Path, test_fraction: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax of the checkpoint's model on the digits test split, computed by hand."""
+    model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
+    test = build_splits(from_dict({"data": {"test_fraction": test_fraction}}).data).test
+    x = torch.stack([test[i][0] for i in range(len(test))])
+    y = torch.tensor([test[i][1] for i in range(len(test))])
+    with torch.no_grad():
+        return model(x).softmax(1), y
+
+
+# --- dataset files in their official layouts -------------------------------------------
+
+CIFAR10_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
+
+
+def _cifar_images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
+
+
+def dump_pickle(obj: dict, path: Path) -> None:
+    """``obj`` pickled with protocol 2, as CIFAR's originals (Python 2 cPickle) are."""
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 20) -> Path:
+    """``root/cifar-10-batches-py/`` with data_batch_1..5, test_batch, batches.meta."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        labels = [(k + i) % 10 for k in range(per_batch)]
+        batch = {
+            b"batch_label": f"training batch {i} of 5".encode(),
+            b"labels": labels,
+            b"data": _cifar_images(per_batch, i),
+            b"filenames": [f"img_{i}_{k}.png".encode() for k in range(per_batch)],
+        }
+        dump_pickle(batch, folder / f"data_batch_{i}")
+    test = {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": [k % 10 for k in range(n_test)],
+        b"data": _cifar_images(n_test, 99),
+        b"filenames": [f"test_{k}.png".encode() for k in range(n_test)],
+    }
+    dump_pickle(test, folder / "test_batch")
+    meta = {
+        b"num_cases_per_batch": per_batch,
+        b"label_names": [n.encode() for n in CIFAR10_NAMES],
+        b"num_vis": 3072,
+    }
+    dump_pickle(meta, folder / "batches.meta")
+    (folder / "readme.html").write_text("<html></html>")
+    return folder
+
+
+def write_cifar100(root: Path, n_train: int = 200, n_test: int = 50) -> Path:
+    """``root/cifar-100-python/`` with train, test, meta."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        fine = [k % 100 for k in range(n)]
+        batch = {
+            b"filenames": [f"{split}_{k}.png".encode() for k in range(n)],
+            b"batch_label": f"{split} batch".encode(),
+            b"fine_labels": fine,
+            b"coarse_labels": [y // 5 for y in fine],
+            b"data": _cifar_images(n, len(split)),
+        }
+        dump_pickle(batch, folder / split)
+    meta = {
+        b"fine_label_names": [f"fine{k:02d}".encode() for k in range(100)],
+        b"coarse_label_names": [f"coarse{k:02d}".encode() for k in range(20)],
+    }
+    dump_pickle(meta, folder / "meta")
+    return folder
+
+
+def tar_gz(folder: Path, archive: Path) -> Path:
+    """Pack ``folder`` as the distributed archive does (top folder name kept)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    """An MNIST IDX file of unsigned bytes (``path`` + ``.gz``, gzipped, when ``gz``)."""
+    magic = 0x00000800 | array.ndim  # 0x08 = unsigned byte, then the number of dimensions
+    raw = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw += array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+
+
+def write_mnist(root: Path, n_train: int = 100, n_test: int = 20, gz: bool = True) -> Path:
+    """MNIST's four IDX files (train-*, t10k-*) in ``root``, random pixels, labels 0..9."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), gz)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, gz)
+    return root
+
+
+def write_jpeg(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
+    """A JPEG of seeded noise, ``size`` as (width, height)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, quality=90)
+    return path
+
+
+def write_image_tree(root: Path, classes: list[str], per_class: int, seed: int = 0) -> None:
+    """``root/<class>/<class>_<k>.jpg``: an image folder, ``per_class`` JPEGs a class."""
+    for ci, c in enumerate(classes):
+        for k in range(per_class):
+            write_jpeg(root / c / f"{c}_{k}.jpg", seed=seed + 100 * ci + k)
+
+
+def _noise_jpeg(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+def make_truncated_jpeg(path: Path) -> None:
+    """A JPEG cut to 70% of its bytes: it opens, then fails while decoding."""
+    _noise_jpeg(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.7)])  # header intact, scan data cut
+
+
+# --- Tiny ImageNet-200, as its official zip extracts -----------------------------------
+
+# Three real Tiny ImageNet classes, deliberately not in sorted order in wnids.txt.
+WNIDS = ["n03126707", "n01443537", "n02124075"]  # crane (machine), goldfish, Egyptian cat
+WORDS = {
+    "n01443537": "goldfish, Carassius auratus",
+    "n02124075": "Egyptian cat",
+    "n03126707": "crane",
+    "n00001740": "entity",  # words.txt lists all of WordNet, not only the 200 classes
+}
+TRAIN_PER_CLASS = 4
+# val/val_annotations.txt: file, wnid and a box, tab-separated, in the zip's order.
+VAL = [("val_0.JPEG", "n02124075"), ("val_1.JPEG", "n03126707"), ("val_2.JPEG", "n01443537")]
+VAL += [("val_3.JPEG", "n02124075"), ("val_4.JPEG", "n01443537")]
+
+
+def write_tiny_imagenet(root: Path) -> Path:
+    """A Tiny ImageNet-200 tree as the official zip extracts it (64x64 JPEGs)."""
+    root.mkdir(parents=True)
+    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in WNIDS))
+    (root / "words.txt").write_text("".join(f"{w}\t{n}\n" for w, n in WORDS.items()))
+    for ci, wnid in enumerate(WNIDS):
+        boxes = []
+        for k in range(TRAIN_PER_CLASS):
+            name = f"{wnid}_{k}.JPEG"
+            write_jpeg(root / "train" / wnid / "images" / name, (64, 64), seed=10 * ci + k)
+            boxes.append(f"{name}\t0\t0\t63\t63\n")
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("".join(boxes))
+    for k, (name, _) in enumerate(VAL):
+        write_jpeg(root / "val" / "images" / name, (64, 64), seed=500 + k)
+    lines = [
+        f"{name}\t{wnid}\t{k}\t{k + 1}\t{40 + k}\t{50 + k}\n" for k, (name, wnid) in enumerate(VAL)
+    ]
+    (root / "val" / "val_annotations.txt").write_text("".join(lines))
+    for k in range(2):
+        write_jpeg(root / "test" / "images" / f"test_{k}.JPEG", (64, 64), seed=900 + k)
+    return root

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
+from helpers import REPO
 from resnext.config import Config, from_dict, load_config
 from resnext.configdoc import field_docs, format_config, load_config_sources
 from resnext.models import parse_name
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = REPO / "configs"
 IMAGENET = ["imagenet_resnext50_32x4d", "imagenet_resnext101_32x4d", "imagenet_resnext101_64x4d"]
 CIFAR = [
     "cifar10_resnext29_8x64d",

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO, tiny_run
 from resnext.cli import main
 from resnext.config import load_config
 from resnext.data import DataError, build_raw_splits
 from resnext.data import mnist as mnist_module
 from resnext.data.mnist import FASHION_MNIST_CLASSES, SYSTEM_ROOTS
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "fashion_mnist_resnext29.yaml"
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FILES = [
@@ -68,16 +68,13 @@ def test_recipe_learns_fashion_mnist_in_a_few_hundred_steps(tmp_path: Path) -> N
     argv = [
         "train",
         str(RECIPE),
-        "model.name=resnext29_4x4d",  # small: C=4, narrow stages (70k params)
-        "model.widths=[16,32,64]",
-        "model.stem_width=16",
+        *tiny_run("model.name=resnext29_4x4d"),  # small: C=4, narrow stages (70k params)
         "train.batch_size=64",
         "optim.lr_base_batch=64",  # lr 0.1 at this batch, as the recipe's at 128
         "train.max_steps=300",  # 19,200 images: a third of the first epoch
         "schedule.name=constant",  # the full lr from the first step: no warm-up, no decay
         "schedule.warmup_epochs=0",
         "train.ema_decay=0.95",  # weights averaged over ~20 steps: steadier than the last step
-        "train.progress=false",
         "train.tensorboard=false",
         f"train.output_dir={tmp_path}",
     ]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_run
 from resnext.cli import main
 from resnext.config import DataConfig
 from resnext.data.pack import pack_dataset
@@ -21,21 +22,17 @@ from resnext.weights import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_torch_globals")]
 
-# The tiny ResNeXt of test_train.py on packed digits: 180 train images in 9 shards of 20.
-TINY = [
-    "model.name=resnext29_2x4d",
-    "model.widths=[16,32,64]",
-    "model.stem_width=16",
+# The tiny ResNeXt (helpers.tiny_run) on packed digits: 180 train images in 9 shards of 20.
+TINY = tiny_run(
     "train.batch_size=16",
     "train.ema_decay=0.9",
     "train.log_every=1",
-    "train.progress=false",
     "train.tensorboard=false",
     "train.epochs=2",
     "train.threads=1",
     "data.name=webdataset",
     "data.shuffle_buffer=50",
-]
+)
 
 
 def _pack(out: Path, shard_samples: int) -> Path:

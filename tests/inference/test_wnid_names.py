@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_checkpoint
+from helpers import VAL, tiny_checkpoint, tiny_run, write_tiny_imagenet
 from resnext import Classifier
 from resnext.cli import main
 from resnext.inference import imagenet_classes
 from resnext.inference.classes import WNID, imagenet_wnids, readable_names, with_id
 from resnext.weights import load_checkpoint
-from test_data_tiny_imagenet import VAL, write_tiny_imagenet
 
 pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
@@ -78,12 +77,9 @@ def test_tiny_imagenet_run_predicts_and_reports_names(
         "data.name=tiny_imagenet",
         f"data.root={root}",
         "data.image_size=32",  # the test's 64x64 images, resized: fast
-        "model.name=resnext29_2x4d",
-        "model.widths=[16,32,64]",
-        "model.stem_width=8",
+        *tiny_run("model.stem_width=8"),
         "train.batch_size=8",
         "train.epochs=1",
-        "train.progress=false",
         "train.tensorboard=false",
         f"train.output_dir={tmp_path / 'runs'}",
         "train.run_name=tiny",

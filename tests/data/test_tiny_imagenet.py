@@ -10,45 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers import TRAIN_PER_CLASS, VAL, WNIDS, write_tiny_imagenet
 from resnext.config import DataConfig
 from resnext.data import DataError, build_raw_splits
-from test_data_readers import write_jpeg
-
-# Three real Tiny ImageNet classes, deliberately not in sorted order in wnids.txt.
-WNIDS = ["n03126707", "n01443537", "n02124075"]  # crane (machine), goldfish, Egyptian cat
-WORDS = {
-    "n01443537": "goldfish, Carassius auratus",
-    "n02124075": "Egyptian cat",
-    "n03126707": "crane",
-    "n00001740": "entity",  # words.txt lists all of WordNet, not only the 200 classes
-}
-TRAIN_PER_CLASS = 4
-# val/val_annotations.txt: file, wnid and a box, tab-separated, in the zip's order.
-VAL = [("val_0.JPEG", "n02124075"), ("val_1.JPEG", "n03126707"), ("val_2.JPEG", "n01443537")]
-VAL += [("val_3.JPEG", "n02124075"), ("val_4.JPEG", "n01443537")]
-
-
-def write_tiny_imagenet(root: Path) -> Path:
-    """A Tiny ImageNet-200 tree as the official zip extracts it (64x64 JPEGs)."""
-    root.mkdir(parents=True)
-    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in WNIDS))
-    (root / "words.txt").write_text("".join(f"{w}\t{n}\n" for w, n in WORDS.items()))
-    for ci, wnid in enumerate(WNIDS):
-        boxes = []
-        for k in range(TRAIN_PER_CLASS):
-            name = f"{wnid}_{k}.JPEG"
-            write_jpeg(root / "train" / wnid / "images" / name, (64, 64), seed=10 * ci + k)
-            boxes.append(f"{name}\t0\t0\t63\t63\n")
-        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("".join(boxes))
-    for k, (name, _) in enumerate(VAL):
-        write_jpeg(root / "val" / "images" / name, (64, 64), seed=500 + k)
-    lines = [
-        f"{name}\t{wnid}\t{k}\t{k + 1}\t{40 + k}\t{50 + k}\n" for k, (name, wnid) in enumerate(VAL)
-    ]
-    (root / "val" / "val_annotations.txt").write_text("".join(lines))
-    for k in range(2):
-        write_jpeg(root / "test" / "images" / f"test_{k}.JPEG", (64, 64), seed=900 + k)
-    return root
 
 
 def test_reads_the_official_layout(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@ processes under torchrun) against one process with the same global batch: the sa
 weights after a few steps. The model's BN is in eval mode, so a batch's statistics play no
 part and the two runs compute the same function of the same 16 images per step.
 
-Run as a script (``torchrun ... tests/test_ddp_accumulation.py OUT``) it is the DDP side:
-each process trains on its share and writes its weights to ``OUT/rank<r>.pt``.
+Run as a script (``PYTHONPATH=tests torchrun ... tests/engine/test_ddp_accumulation.py OUT``)
+it is the DDP side: each process trains on its share and writes its weights to
+``OUT/rank<r>.pt``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY
+from helpers import TESTS, TINY
 from resnext.config import Config, from_dict
 from resnext.engine.distributed import DistInfo
 from resnext.engine.step import Stepper
@@ -84,7 +85,9 @@ def train(rank: int, world: int, batch: int, accum: int) -> dict[str, torch.Tens
 def test_accumulation_under_ddp_equals_one_process_with_the_global_batch(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(WORLD), __file__, str(tmp_path)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))  # helpers
+    env = {**os.environ, "PYTHONPATH": path}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     single = train(0, 1, GLOBAL, 1)

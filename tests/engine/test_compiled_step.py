@@ -8,20 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import tiny_run
 from resnext.cli import main
 from resnext.weights import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_torch_globals")]
 
-TINY = [
-    "model.name=resnext29_2x4d",
-    "model.widths=[16,32,64]",
-    "model.stem_width=16",
-    "data.test_fraction=0.8",
-    "train.batch_size=16",
-    "train.max_steps=3",
-    "train.progress=false",
-]
+TINY = tiny_run("data.test_fraction=0.8", "train.batch_size=16", "train.max_steps=3")
 
 
 def test_compiled_step_reports_warmup_and_trains_like_eager(tmp_path: Path, capsys) -> None:

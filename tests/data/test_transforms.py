@@ -109,7 +109,7 @@ def test_train_and_eval_resize_the_same_way(augment: str, interpolation: str) ->
     train = train_transform(augment, 224, IMAGENET_MEAN, IMAGENET_STD, interpolation)
     ev = eval_transform(224, IMAGENET_MEAN, IMAGENET_STD, 256, interpolation)
     # the eval transform (torch alone) resizes antialiased with the configured filter, as
-    # torchvision's v2.Resize does (bitwise: tests/test_data_evaluation.py)
+    # torchvision's v2.Resize does (bitwise: tests/data/test_eval_transform.py)
     assert _resize_settings(train) == {(INTERPOLATIONS[ev.interpolation], True)}
 
 

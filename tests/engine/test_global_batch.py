@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import TINY
+from helpers import TINY, tiny_run
 from resnext.cli import main
 from resnext.config import ConfigError, load_config, resolve_batch_size
 from resnext.engine.distributed import DistInfo
@@ -68,14 +68,12 @@ def test_a_run_prints_its_global_batch_and_scaled_lr(tmp_path: Path, capsys) -> 
     code = main(
         [
             "train",
-            *(f"model.{k}={list(v) if isinstance(v, tuple) else v}" for k, v in TINY.items()),
-            "model.name=resnext29_2x4d",
+            *tiny_run(),
             "data.test_fraction=0",  # one step, no final test: quick
             "train.global_batch_size=32",
             "train.accumulate_steps=2",
             "optim.lr_base_batch=256",
             "train.max_steps=1",
-            "train.progress=false",
             f"train.output_dir={tmp_path}",
             "train.run_name=g",
         ]

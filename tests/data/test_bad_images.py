@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+from helpers import make_truncated_jpeg
 from resnext.config import DataConfig
 from resnext.data import BadImageError, bad_file_report, build_splits, load_image, make_loader
 from resnext.data.base import Subset, TransformedDataset
@@ -26,17 +27,6 @@ def _quadrants() -> np.ndarray:
     arr[:] = BLUE
     arr[:15, :20] = RED
     return arr
-
-
-def _noise_jpeg(path: Path) -> None:
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(path, quality=90)
-
-
-def make_truncated_jpeg(path: Path) -> None:
-    _noise_jpeg(path)
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * 0.7)])  # header intact, scan data cut
 
 
 def make_text_as_jpeg(path: Path) -> None:

@@ -11,12 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import (
+    CIFAR10_NAMES,
+    REPO,
+    make_truncated_jpeg,
+    tar_gz,
+    tiny_run,
+    write_cifar10,
+    write_image_tree,
+)
 from resnext.cli import main
-from test_data_images import make_truncated_jpeg
-from test_data_readers import CIFAR10_NAMES, tar_gz, write_cifar10, write_image_tree
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.stem_width=8", "train.progress=false", "train.device=cpu", "train.log_every=1"]
+TINY = tiny_run("model.stem_width=8", "train.device=cpu", "train.log_every=1")
 
 
 @pytest.mark.slow
@@ -27,13 +33,11 @@ def test_cifar10_recipe_trains_on_the_distributed_archive(tmp_path: Path) -> Non
             "train",
             str(REPO / "configs" / "cifar10_resnext29_8x64d.yaml"),
             f"data.root={archive}",
-            "model.name=resnext29_2x4d",
-            "model.widths=[16,32,64]",
+            *TINY,
             "train.batch_size=8",
             "train.max_steps=2",
             "data.num_workers=2",
             f"train.output_dir={tmp_path / 'runs'}",
-            *TINY,
         ]
     )
     assert code == 0
@@ -53,6 +57,7 @@ def test_imagenet_recipe_trains_on_an_image_folder_with_bad_files(
         "train",
         str(REPO / "configs" / "imagenet_resnext50_32x4d.yaml"),
         f"data.root={tmp_path / 'data'}",
+        *TINY,
         "data.val_fraction=0.2",
         "data.num_workers=2",
         "model.name=resnext26_2x4d",
@@ -60,7 +65,6 @@ def test_imagenet_recipe_trains_on_an_image_folder_with_bad_files(
         "train.batch_size=4",
         "train.epochs=1",  # a whole epoch, so every file (the broken one too) is read
         f"train.output_dir={tmp_path / 'runs'}",
-        *TINY,
     ]
     # error policy (the recipe's): stops with the file and the reason, exit code 2, no traceback
     assert main([*args, "train.run_name=strict"]) == 2

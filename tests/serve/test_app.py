@@ -1,6 +1,6 @@
 """The serve pieces in-process: the batcher's gathering, the app's readiness, its 500s and
-its pixel limit, with the app in uvicorn on a thread of the test (``test_serve.py`` runs
-the real command in its own process)."""
+its pixel limit, with the app in uvicorn on a thread of the test
+(``e2e/test_serve_process.py`` runs the real command in its own process)."""
 
 from __future__ import annotations
 

@@ -15,23 +15,16 @@ import pytest
 import torch
 import yaml
 
-from helpers import tiny_checkpoint
+from helpers import tiny_checkpoint, tiny_run
 from resnext.cli import main
 from resnext.config import load_config
 from resnext.engine import lr_factor_fn
 from resnext.weights import load_checkpoint, model_from_checkpoint
 
 # ~180 train images (10% of 1,797), 16 per batch: 12 steps per epoch, about 0.1 s each.
-TINY = [
-    "model.name=resnext29_2x4d",
-    "model.widths=[16,32,64]",
-    "model.stem_width=16",
-    "data.test_fraction=0.8",
-    "train.batch_size=16",
-    "train.ema_decay=0.9",
-    "train.log_every=1",
-    "train.progress=false",
-]
+TINY = tiny_run(
+    "data.test_fraction=0.8", "train.batch_size=16", "train.ema_decay=0.9", "train.log_every=1"
+)
 
 
 pytestmark = pytest.mark.usefixtures("restore_torch_globals")

@@ -18,12 +18,12 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 
+from helpers import REPO
 from resnext.cli import main
 from resnext.config import load_config
 from resnext.models import create_model
 from resnext.weights import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "finetune_imagefolder.yaml"
 # Class = colour and shape; the folder names are the class names, in sorted order.
 SHAPES = {

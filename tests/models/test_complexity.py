@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers import FIXTURES
 from resnext.cli import main
 from resnext.models import create_model, default_input_size, list_models, measure
 
-PINNED = json.loads((Path(__file__).parent / "data" / "complexity.json").read_text())
+PINNED = json.loads((FIXTURES / "complexity.json").read_text())
 
 
 def truncated(x: float, digits: int = 1) -> float:
@@ -73,7 +73,7 @@ def test_stages_add_up_and_follow_the_model() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_matches_the_pinned_table(name: str) -> None:
-    """Like pycls: every model's params / FLOPs / activations pinned in tests/data."""
+    """Like pycls: every model's params / FLOPs / activations pinned in tests/fixtures."""
     c = measure(create_model(name), default_input_size(name))
     assert {"params": c.params, "flops": c.flops, "acts": c.activations} == PINNED[name]
 

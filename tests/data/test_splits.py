@@ -12,27 +12,24 @@ from pathlib import Path
 
 import pytest
 
+from helpers import tiny_run, write_image_tree, write_jpeg
 from resnext.cli import main
 from resnext.config import ConfigError, DataConfig, load_config
 from resnext.data import DataError, build_raw_splits, splitting
 from resnext.data.splitting import SPLITS_FILE, SplitRecord
 from resnext.inference import prepare_evaluation
-from test_data_readers import write_image_tree, write_jpeg
 
 CLASSES = ["BACKGROUND_Google", "accordion", "airplanes"]  # Caltech-101 folder names
 PER_CLASS = 10
-TINY = [
+TINY = tiny_run(
     "data.name=imagefolder",
     "data.val_fraction=0.2",
     "data.test_fraction=0.3",
-    "model.name=resnext29_2x4d",
-    "model.widths=[16,32,64]",
     "model.stem_width=8",
     "train.batch_size=8",
     "train.epochs=1",
-    "train.progress=false",
     "train.tensorboard=false",
-]
+)
 
 pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 

@@ -9,26 +9,10 @@ import pytest
 import torch
 
 import resnext
-from helpers import TINY, tiny_checkpoint
+from helpers import SMALL_TEST, TINY, direct_probs, tiny_checkpoint, tiny_run
 from resnext import create_model
 from resnext.cli import main
 from resnext.commands import eval as eval_cmd
-from resnext.config import from_dict
-from resnext.data import build_splits
-
-SMALL_TEST = "data.test_fraction=0.03"  # 50 of the 1,797 digits: keeps the tests fast
-
-
-def direct_probs(ckpt: Path, test_fraction: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax of the checkpoint's model on the digits test split, computed by hand."""
-    from resnext.weights import load_checkpoint, model_from_checkpoint
-
-    model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
-    test = build_splits(from_dict({"data": {"test_fraction": test_fraction}}).data).test
-    x = torch.stack([test[i][0] for i in range(len(test))])
-    y = torch.tensor([test[i][1] for i in range(len(test))])
-    with torch.no_grad():
-        return model(x).softmax(1), y
 
 
 def run_json(tmp_path: Path, *argv: str) -> dict:
@@ -162,10 +146,9 @@ def test_eval_reproduces_the_test_accuracy_training_printed(tmp_path: Path, caps
     try:
         rc = main(
             [
-                "train", "model.name=resnext29_2x4d", "model.widths=[16,32,64]",
-                "model.stem_width=16", "data.test_fraction=0.02", "data.val_fraction=0.02",
+                "train", *tiny_run(), "data.test_fraction=0.02", "data.val_fraction=0.02",
                 "train.batch_size=16", "train.epochs=1", "train.max_steps=2",
-                "train.ema_decay=0.9", "train.progress=false",
+                "train.ema_decay=0.9",
                 f"train.output_dir={tmp_path}", "train.run_name=r",
             ]
         )  # fmt: skip

@@ -61,7 +61,7 @@ def onnx_export(tmp_path_factory) -> tuple[Path, Path, str]:
 
 @pytest.fixture(scope="module")
 def digits_pngs(tmp_path_factory) -> list[Path]:
-    """Six digits test images saved as grayscale PNGs (as tests/test_predict.py makes them)."""
+    """Six digits test images saved as grayscale PNGs (as e2e/test_predict_cli.py does)."""
     folder = tmp_path_factory.mktemp("pngs")
     test = build_splits(from_dict({"data": {"test_fraction": 0.05}}).data).test
     paths = []

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from helpers import write_image_tree
 from resnext.config import DataConfig
 from resnext.data import build_splits, make_loader
-from test_data_readers import write_image_tree
 
 
 def _batches(loader) -> tuple[torch.Tensor, torch.Tensor]:

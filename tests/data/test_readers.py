@@ -4,16 +4,13 @@ CIFAR: pickled dicts with bytes keys (b"data", b"labels" / b"fine_labels",
 b"coarse_labels"; meta b"label_names" / b"fine_label_names"), protocol 2 as the
 originals (Python 2 cPickle), in cifar-10-batches-py/ or as the .tar.gz. MNIST: IDX
 files with big-endian magic 0x803 / 0x801, gzipped or not. Image folders and lists.
-The writers are imported by the other test_data_* files.
+The writers are in helpers.py, shared with the other data tests.
 """
 
 from __future__ import annotations
 
-import gzip
 import pickle
 import re
-import struct
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -21,123 +18,19 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import (
+    CIFAR10_NAMES,
+    dump_pickle,
+    tar_gz,
+    write_cifar10,
+    write_cifar100,
+    write_image_tree,
+    write_jpeg,
+    write_mnist,
+)
 from resnext.config import DataConfig
 from resnext.data import DataError, build_raw_splits, build_splits
 from resnext.data.images import ImageFiles
-
-CIFAR10_NAMES = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-]
-
-
-def _cifar_images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
-
-
-def _dump(obj: dict, path: Path) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
-def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 20) -> Path:
-    """``root/cifar-10-batches-py/`` with data_batch_1..5, test_batch, batches.meta."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for i in range(1, 6):
-        labels = [(k + i) % 10 for k in range(per_batch)]
-        batch = {
-            b"batch_label": f"training batch {i} of 5".encode(),
-            b"labels": labels,
-            b"data": _cifar_images(per_batch, i),
-            b"filenames": [f"img_{i}_{k}.png".encode() for k in range(per_batch)],
-        }
-        _dump(batch, folder / f"data_batch_{i}")
-    test = {
-        b"batch_label": b"testing batch 1 of 1",
-        b"labels": [k % 10 for k in range(n_test)],
-        b"data": _cifar_images(n_test, 99),
-        b"filenames": [f"test_{k}.png".encode() for k in range(n_test)],
-    }
-    _dump(test, folder / "test_batch")
-    meta = {
-        b"num_cases_per_batch": per_batch,
-        b"label_names": [n.encode() for n in CIFAR10_NAMES],
-        b"num_vis": 3072,
-    }
-    _dump(meta, folder / "batches.meta")
-    (folder / "readme.html").write_text("<html></html>")
-    return folder
-
-
-def write_cifar100(root: Path, n_train: int = 200, n_test: int = 50) -> Path:
-    """``root/cifar-100-python/`` with train, test, meta."""
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        fine = [k % 100 for k in range(n)]
-        batch = {
-            b"filenames": [f"{split}_{k}.png".encode() for k in range(n)],
-            b"batch_label": f"{split} batch".encode(),
-            b"fine_labels": fine,
-            b"coarse_labels": [y // 5 for y in fine],
-            b"data": _cifar_images(n, len(split)),
-        }
-        _dump(batch, folder / split)
-    meta = {
-        b"fine_label_names": [f"fine{k:02d}".encode() for k in range(100)],
-        b"coarse_label_names": [f"coarse{k:02d}".encode() for k in range(20)],
-    }
-    _dump(meta, folder / "meta")
-    return folder
-
-
-def tar_gz(folder: Path, archive: Path) -> Path:
-    """Pack ``folder`` as the distributed archive does (top folder name kept)."""
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname=folder.name)
-    return archive
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
-    magic = 0x00000800 | array.ndim  # 0x08 = unsigned byte, then the number of dimensions
-    raw = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    raw += array.astype(np.uint8).tobytes()
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        raw = gzip.compress(raw)
-    path.write_bytes(raw)
-
-
-def write_mnist(root: Path, n_train: int = 100, n_test: int = 20, gz: bool = True) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), gz)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, gz)
-    return root
-
-
-def write_jpeg(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(arr).save(path, quality=90)
-    return path
-
-
-def write_image_tree(root: Path, classes: list[str], per_class: int, seed: int = 0) -> None:
-    for ci, c in enumerate(classes):
-        for k in range(per_class):
-            write_jpeg(root / c / f"{c}_{k}.jpg", seed=seed + 100 * ci + k)
-
 
 # --- CIFAR -------------------------------------------------------------------------
 
@@ -229,7 +122,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path: Path) -> None:
         def __reduce__(self):
             return (print, ("pwned",))
 
-    _dump({b"data": Evil(), b"labels": []}, folder / "data_batch_2")
+    dump_pickle({b"data": Evil(), b"labels": []}, folder / "data_batch_2")
     with pytest.raises(DataError, match=r"refusing to load \S*\.print from a CIFAR file"):
         build_raw_splits(DataConfig(name="cifar10", root=str(folder)))
 

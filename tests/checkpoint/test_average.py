@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import resnext
-from helpers import DIGITS_PRE, TINY, tiny_checkpoint
+from helpers import DIGITS_PRE, SMALL_TEST, TINY, direct_probs, tiny_checkpoint
 from resnext.cli import main
 from resnext.models import create_model
 from resnext.weights import (
@@ -21,7 +21,6 @@ from resnext.weights import (
     save_checkpoint,
 )
 from resnext.weights.average import average_checkpoints
-from test_eval_cli import SMALL_TEST, direct_probs
 
 
 def bn_trained_checkpoint(path: Path, seed: int, *, ema: bool = False) -> Path:

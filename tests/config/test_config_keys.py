@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from resnext.config import Config, ConfigError, from_dict, load_config
 
 
@@ -75,7 +76,7 @@ def test_bad_files(tmp_path: Path) -> None:
 
 def test_every_field_has_a_comment() -> None:
     """The config file is the documentation: each field carries a comment (same line or above)."""
-    lines = (Path(__file__).parents[1] / "src" / "resnext" / "config.py").read_text().splitlines()
+    lines = (REPO / "src" / "resnext" / "config.py").read_text().splitlines()
     for section in dataclasses.fields(Config):
         cls = type(getattr(Config(), section.name))
         start = next(i for i, ln in enumerate(lines) if ln.startswith(f"class {cls.__name__}:"))
