@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import registry_names
 from .errors import ConfigError
 from .runtime import TRAIN_PRECISIONS
 
@@ -141,26 +142,17 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# Values each string field accepts; checked at load time, before any work starts.
+# Values each string field accepts; checked at load time, before any work starts. The
+# names of a registry come from it (through the light registry_names).
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.block_form": ("a", "b", "c"),
-    "data.name": (
-        "digits",
-        "cifar10",
-        "cifar100",
-        "mnist",
-        "fashion_mnist",
-        "imagefolder",
-        "imagelist",
-        "webdataset",
-        "tiny_imagenet",
-    ),
-    "data.augment": ("none", "crop", "cifar", "imagenet", "imagenet_scale"),
-    "data.interpolation": ("bilinear", "bicubic", "nearest"),
+    "data.name": registry_names.READERS,
+    "data.augment": registry_names.AUGMENTATIONS,
+    "data.interpolation": registry_names.INTERPOLATIONS,
     "data.cifar_labels": ("fine", "coarse"),
     "data.on_bad_file": ("error", "skip"),
-    "optim.name": ("sgd",),
-    "schedule.name": ("step", "multistep", "cosine", "constant"),
+    "optim.name": registry_names.OPTIMIZERS,
+    "schedule.name": registry_names.SCHEDULES,
     "train.precision": TRAIN_PRECISIONS,
 }
 

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..registry_names import INTERPOLATIONS
 from .images import to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # the resize filters of the config (data.interpolation) and checkpoints
-INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")
+INTERPOLATION_NAMES = INTERPOLATIONS
 # where an odd margin puts the centre crop: round (torchvision) | ceil (fb.resnet.torch)
 CROP_OFFSETS = ("round", "ceil")
 

@@ -22,6 +22,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
+from ..registry_names import AUGMENTATIONS
 from .eval_transforms import CROP_OFFSETS as CROP_OFFSETS
 from .eval_transforms import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported with the eval side
 from .eval_transforms import IMAGENET_STD as IMAGENET_STD
@@ -160,6 +161,4 @@ def train_transform(
         if pca_lighting > 0:
             ops.append(Lighting(pca_lighting))
         return v2.Compose([*ops, norm])
-    raise ValueError(
-        f"data.augment must be none, crop, cifar, imagenet or imagenet_scale, got {augment!r}"
-    )
+    raise ValueError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
