@@ -59,7 +59,7 @@ class DataConfig:
     on_bad_file: str = "error"  # unreadable image: error (stop, naming it) or skip (log once)
     num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
     shuffle_buffer: int = 1000  # webdataset: samples each loader worker shuffles among (0 = none)
-    train_dir: str = "train"  # imagefolder: train sub-folder of root
+    train_dir: str = "train"  # imagefolder: train sub-folder of root (. = root is one class tree)
     val_dir: str | None = "val"  # imagefolder: val sub-folder (None = carve from train)
     val_labels: str | None = None  # imagefolder: "filename label" file for a flat val folder
     test_dir: str | None = None  # imagefolder: test sub-folder (None = no test split)
