@@ -102,9 +102,7 @@ def read_rates(images: list[Path], packed: Path) -> list[tuple[str, float, float
     import_webdataset()  # once, outside the timing
     index = read_index(packed)
     shards = [
-        Shard(packed / s["file"], s["count"], s["bytes"])
-        for split in index["splits"].values()
-        for s in split["shards"]
+        Shard.from_entry(packed, s) for split in index["splits"].values() for s in split["shards"]
     ]
     order = list(images)
     random.Random(0).shuffle(order)
