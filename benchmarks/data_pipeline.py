@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from resnext.config import DataConfig
-from resnext.data import build_splits, load_image, make_loader
+from resnext.data import LoaderOrder, build_splits, load_image, make_loader
 from resnext.models import create_model
 from resnext.table import format_table
 
@@ -74,7 +74,7 @@ def data_config(root: Path, name: str, workers: int) -> DataConfig:
 def pipeline_rate(root: Path, workers: int, batch_size: int, epochs: int) -> float:
     """Train-pipeline images/s with ``workers`` loader processes (after one warm-up epoch)."""
     train = build_splits(data_config(root, "imagefolder", workers)).train
-    loader = make_loader(train, batch_size, shuffle=True, seed=0, num_workers=workers)
+    loader = make_loader(train, batch_size, LoaderOrder(shuffle=True, seed=0), num_workers=workers)
     for _ in loader:  # warm-up: worker start-up, file cache
         pass
     n, start = 0, time.perf_counter()

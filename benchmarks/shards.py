@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from resnext.config import DataConfig
-from resnext.data import build_splits, make_loader, set_loader_epoch
+from resnext.data import LoaderOrder, build_splits, make_loader, set_loader_epoch
 from resnext.data.pack import pack_dataset, parse_size
 from resnext.data.shards import Shard, import_webdataset, read_index, read_shard
 from resnext.table import format_table
@@ -82,7 +82,9 @@ def timed_passes(cfg: DataConfig, files: list[Path], batch: int) -> tuple[float,
     """(cold images/s, share cached before the cold pass, warm images/s) of the train split."""
     train = build_splits(cfg).train
     share = evict(files)
-    loader = make_loader(train, batch, shuffle=True, seed=0, num_workers=cfg.num_workers)
+    loader = make_loader(
+        train, batch, LoaderOrder(shuffle=True, seed=0), num_workers=cfg.num_workers
+    )
     rates = []
     for epoch in range(2):
         set_loader_epoch(loader, epoch)
@@ -100,9 +102,7 @@ def read_rates(images: list[Path], packed: Path) -> list[tuple[str, float, float
     import_webdataset()  # once, outside the timing
     index = read_index(packed)
     shards = [
-        Shard(packed / s["file"], s["count"], s["bytes"])
-        for split in index["splits"].values()
-        for s in split["shards"]
+        Shard.from_entry(packed, s) for split in index["splits"].values() for s in split["shards"]
     ]
     order = list(images)
     random.Random(0).shuffle(order)

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import registry_names
 from .errors import ConfigError
 from .runtime import TRAIN_PRECISIONS
 
@@ -58,7 +59,7 @@ class DataConfig:
     on_bad_file: str = "error"  # unreadable image: error (stop, naming it) or skip (log once)
     num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
     shuffle_buffer: int = 1000  # webdataset: samples each loader worker shuffles among (0 = none)
-    train_dir: str = "train"  # imagefolder: train sub-folder of root
+    train_dir: str = "train"  # imagefolder: train sub-folder of root (. = root is one class tree)
     val_dir: str | None = "val"  # imagefolder: val sub-folder (None = carve from train)
     val_labels: str | None = None  # imagefolder: "filename label" file for a flat val folder
     test_dir: str | None = None  # imagefolder: test sub-folder (None = no test split)
@@ -141,26 +142,17 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# Values each string field accepts; checked at load time, before any work starts.
+# Values each string field accepts; checked at load time, before any work starts. The
+# names of a registry come from it (through the light registry_names).
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.block_form": ("a", "b", "c"),
-    "data.name": (
-        "digits",
-        "cifar10",
-        "cifar100",
-        "mnist",
-        "fashion_mnist",
-        "imagefolder",
-        "imagelist",
-        "webdataset",
-        "tiny_imagenet",
-    ),
-    "data.augment": ("none", "crop", "cifar", "imagenet", "imagenet_scale"),
-    "data.interpolation": ("bilinear", "bicubic", "nearest"),
+    "data.name": registry_names.READERS,
+    "data.augment": registry_names.AUGMENTATIONS,
+    "data.interpolation": registry_names.INTERPOLATIONS,
     "data.cifar_labels": ("fine", "coarse"),
     "data.on_bad_file": ("error", "skip"),
-    "optim.name": ("sgd",),
-    "schedule.name": ("step", "multistep", "cosine", "constant"),
+    "optim.name": registry_names.OPTIMIZERS,
+    "schedule.name": registry_names.SCHEDULES,
     "train.precision": TRAIN_PRECISIONS,
 }
 

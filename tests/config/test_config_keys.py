@@ -87,3 +87,51 @@ def test_every_field_has_a_comment() -> None:
             assert "#" in lines[i] or lines[i - 1].strip().startswith("#"), (
                 f"{cls.__name__}.{f.name}"
             )
+
+
+def test_the_config_choices_are_the_registries_names() -> None:
+    """config.CHOICES takes the reader, augmentation, filter, optimizer and schedule names
+    from registry_names, and each registry answers to exactly those: a name added to (or
+    dropped from) one side only fails here."""
+    import torch
+
+    from resnext import registry_names
+    from resnext.config import CHOICES, OptimConfig, ScheduleConfig
+    from resnext.data.build import READERS
+    from resnext.data.transforms import INTERPOLATIONS, train_transform
+    from resnext.engine.optim import build_optimizer, lr_factor_fn
+
+    assert CHOICES["data.name"] == registry_names.READERS
+    assert CHOICES["data.augment"] == registry_names.AUGMENTATIONS
+    assert CHOICES["data.interpolation"] == registry_names.INTERPOLATIONS
+    assert CHOICES["optim.name"] == registry_names.OPTIMIZERS
+    assert CHOICES["schedule.name"] == registry_names.SCHEDULES
+    assert sorted(READERS) == sorted(registry_names.READERS)
+    assert sorted(INTERPOLATIONS) == sorted(registry_names.INTERPOLATIONS)
+    for augment in registry_names.AUGMENTATIONS:
+        train_transform(augment, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    with pytest.raises(ValueError, match=r"data\.augment must be one of none, crop"):
+        train_transform("mixup", 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    for name in registry_names.SCHEDULES:
+        factor = lr_factor_fn(ScheduleConfig(name=name, milestones=(1,)), 10, 30, 0.1)
+        assert all(0.0 <= factor(step) <= 1.0 for step in range(30))
+    for name in registry_names.OPTIMIZERS:
+        build_optimizer(torch.nn.Linear(2, 2), OptimConfig(name=name), 0.1)
+    with pytest.raises(ConfigError, match=r"schedule\.name must be one of step, multistep"):
+        load_config(overrides=["schedule.name=linear"])
+
+
+def test_importing_the_config_imports_no_registry() -> None:
+    """The choices come from a light module: ``import resnext.config`` (the CLI's start-up)
+    loads neither torchvision nor the training engine nor torch._dynamo."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, resnext.config\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] == 'torchvision'\n"
+        "         or m.startswith(('torch._dynamo', 'resnext.engine', 'resnext.data.build'))]\n"
+        "print(sorted(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

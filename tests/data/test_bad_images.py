@@ -14,7 +14,14 @@ from PIL import Image, ImageFile
 
 from helpers import make_truncated_jpeg
 from resnext.config import DataConfig
-from resnext.data import BadImageError, bad_file_report, build_splits, load_image, make_loader
+from resnext.data import (
+    BadImageError,
+    LoaderOrder,
+    bad_file_report,
+    build_splits,
+    load_image,
+    make_loader,
+)
 from resnext.data.base import Subset, TransformedDataset
 from resnext.data.images import ImageFiles
 
@@ -211,7 +218,9 @@ def test_skip_with_workers_keeps_batches_full_and_counts_across_processes(
     runs = []
     for workers in (0, 2):
         splits = build_splits(cfg)
-        loader = make_loader(splits.train, 4, shuffle=True, seed=1, num_workers=workers)
+        loader = make_loader(
+            splits.train, 4, LoaderOrder(shuffle=True, seed=1), num_workers=workers
+        )
         batches = list(loader)
         assert [len(y) for _, y in batches] == [4, 4, 4]  # 12 samples, none dropped
         runs.append(torch.cat([x for x, _ in batches]))
@@ -231,7 +240,7 @@ def test_error_from_a_worker_is_one_clear_line(tmp_path: Path) -> None:
     ds = TransformedDataset(
         ImageFiles(samples, "error"), train_transform("none", 8, (0.5,) * 3, (0.5,) * 3)
     )
-    loader = make_loader(ds, 2, shuffle=False, num_workers=1)
+    loader = make_loader(ds, 2, num_workers=1)
     with pytest.raises(BadImageError) as info:
         next(iter(loader))
     message = str(info.value)

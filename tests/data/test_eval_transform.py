@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from resnext.data.evaluation import (
+from resnext.data.eval_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalTransform,

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from helpers import write_image_tree
 from resnext.config import DataConfig
-from resnext.data import build_splits, make_loader
+from resnext.data import LoaderOrder, build_splits, make_loader
 
 
 def _batches(loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,11 +29,17 @@ def test_imagenet_augmentation_is_bitwise_equal_with_0_or_2_workers(tmp_path: Pa
         image_size=24,
     )
     train = build_splits(cfg).train
-    x0, y0 = _batches(make_loader(train, 5, shuffle=True, seed=3, epoch=2, num_workers=0))
-    x2, y2 = _batches(make_loader(train, 5, shuffle=True, seed=3, epoch=2, num_workers=2))
+    x0, y0 = _batches(
+        make_loader(train, 5, LoaderOrder(shuffle=True, seed=3, epoch=2), num_workers=0)
+    )
+    x2, y2 = _batches(
+        make_loader(train, 5, LoaderOrder(shuffle=True, seed=3, epoch=2), num_workers=2)
+    )
     assert torch.equal(y0, y2) and torch.equal(x0, x2)
     assert torch.get_num_threads() == min(2, os.cpu_count() or 1)  # restored after transforms
-    x1, _ = _batches(make_loader(train, 5, shuffle=True, seed=3, epoch=3, num_workers=0))
+    x1, _ = _batches(
+        make_loader(train, 5, LoaderOrder(shuffle=True, seed=3, epoch=3), num_workers=0)
+    )
     assert not torch.equal(x0, x1)  # another epoch, other crops
 
 
@@ -49,17 +55,17 @@ class _WhoLoads(Dataset):
 
 
 def test_persistent_workers_survive_epochs_and_follow_set_epoch() -> None:
-    loader = make_loader(_WhoLoads(), 4, shuffle=True, seed=0, num_workers=2)
+    loader = make_loader(_WhoLoads(), 4, LoaderOrder(shuffle=True, seed=0), num_workers=2)
     assert loader.persistent_workers and loader.pin_memory == torch.cuda.is_available()
     order0, pids0 = _batches(loader)
     loader.sampler.set_epoch(1)
     order1, pids1 = _batches(loader)
     assert set(pids0.tolist()) == set(pids1.tolist())  # the same two worker processes
     assert os.getpid() not in pids0.tolist()
-    fresh = make_loader(_WhoLoads(), 4, shuffle=True, seed=0, epoch=1, num_workers=2)
+    fresh = make_loader(_WhoLoads(), 4, LoaderOrder(shuffle=True, seed=0, epoch=1), num_workers=2)
     assert torch.equal(order1, _batches(fresh)[0])  # reuse == a new loader for epoch 1
     assert not torch.equal(order0, order1)
     # mid-epoch resume: start=3 serves the rest of the same order
     loader.sampler.set_epoch(1, start=3)
     assert torch.equal(_batches(loader)[0], order1[3:])
-    assert not make_loader(_WhoLoads(), 4, shuffle=False, num_workers=0).persistent_workers
+    assert not make_loader(_WhoLoads(), 4, num_workers=0).persistent_workers

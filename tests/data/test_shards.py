@@ -26,6 +26,7 @@ from resnext.cli import main
 from resnext.config import ConfigError, DataConfig
 from resnext.data import (
     BadImageError,
+    LoaderOrder,
     bad_file_report,
     build_splits,
     make_loader,
@@ -163,8 +164,8 @@ def test_val_and_test_from_shards_equal_the_source_bitwise(packed: Path) -> None
     source, shards = build_splits(DataConfig()), _shards(packed)
     assert shards.classes == source.classes and shards.preprocess == source.preprocess
     for name in ("val", "test"):
-        a = _batches(make_loader(getattr(source, name), BATCH, shuffle=False))
-        b = _batches(make_loader(getattr(shards, name), BATCH, shuffle=False))
+        a = _batches(make_loader(getattr(source, name), BATCH))
+        b = _batches(make_loader(getattr(shards, name), BATCH))
         assert len(a) == len(b) == math.ceil(len(getattr(source, name)) / BATCH)
         for (xa, ya), (xb, yb) in zip(a, b, strict=True):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -174,15 +175,10 @@ def test_evaluation_under_ddp_reads_every_sample_exactly_once(packed: Path) -> N
     """Unshuffled (as evaluation reads), padding asked for or not: the three processes'
     shares together hold every test image exactly once."""
     test = _shards(packed).test
-    whole = torch.cat([x for x, _ in make_loader(test, BATCH, shuffle=False)])
+    whole = torch.cat([x for x, _ in make_loader(test, BATCH)])
     parts = [
         torch.cat(
-            [
-                x
-                for x, _ in make_loader(
-                    test, BATCH, shuffle=False, rank=r, world_size=3, pad=r == 0
-                )
-            ]
+            [x for x, _ in make_loader(test, BATCH, LoaderOrder(rank=r, world_size=3, pad=r == 0))]
         )
         for r in range(3)
     ]
@@ -202,13 +198,8 @@ def test_every_process_gets_the_same_batches_and_every_shard_is_dealt_once(
         plan_epoch(
             counts,
             BATCH,
-            rank=r,
-            world_size=world,
+            LoaderOrder(shuffle=True, seed=3, epoch=7, rank=r, world_size=world, pad=True),
             workers=workers,
-            seed=3,
-            epoch=7,
-            shuffle=True,
-            pad=True,
         )
         for r in range(world)
     ]
@@ -227,7 +218,9 @@ def test_the_stream_makes_the_batches_the_trainer_counts(packed: Path) -> None:
     what the trainer's batches_per_epoch and the map-style padded sampler give."""
     train = _shards(packed).train
     for rank in range(3):
-        loader = make_loader(train, BATCH, shuffle=True, seed=0, rank=rank, world_size=3)
+        loader = make_loader(
+            train, BATCH, LoaderOrder(shuffle=True, seed=0, rank=rank, world_size=3)
+        )
         sizes = [len(y) for _, y in loader]
         assert len(loader) == len(sizes) == 14
         assert sizes == [32] * 13 + [420 - 13 * 32]
@@ -236,7 +229,7 @@ def test_the_stream_makes_the_batches_the_trainer_counts(packed: Path) -> None:
 def test_too_few_shards_for_the_streams_is_a_clear_error(packed: Path) -> None:
     train = _shards(packed).train
     with pytest.raises(ShardError, match=r"13 shard\(s\).*4 process\(es\) x 4 loader stream"):
-        make_loader(train, BATCH, shuffle=True, num_workers=4, rank=0, world_size=4)
+        make_loader(train, BATCH, LoaderOrder(shuffle=True, rank=0, world_size=4), num_workers=4)
 
 
 @pytest.mark.usefixtures("restore_torch_globals")
@@ -254,7 +247,10 @@ def test_a_resume_mid_epoch_replays_the_epoch_exactly(packed: Path) -> None:
     rest of the full pass; the epoch and the seed decide the order, nothing else does."""
     train = _shards(packed, shuffle_buffer=64).train
     loader = make_loader(
-        train, BATCH, shuffle=True, seed=5, epoch=1, num_workers=2, rank=1, world_size=2
+        train,
+        BATCH,
+        LoaderOrder(shuffle=True, seed=5, epoch=1, rank=1, world_size=2),
+        num_workers=2,
     )
     full = _batches(loader)
     assert len(full) == math.ceil(630 / BATCH)
@@ -274,9 +270,11 @@ def test_a_resume_mid_epoch_replays_the_epoch_exactly(packed: Path) -> None:
 
 def test_the_shuffle_buffer_mixes_the_shards(packed: Path) -> None:
     train = _shards(packed, shuffle_buffer=0).train
-    packed_order = torch.cat([y for _, y in make_loader(train, 100, shuffle=False, pad=False)])
+    packed_order = torch.cat([y for _, y in make_loader(train, 100, LoaderOrder(pad=False))])
     buffered = _shards(packed, shuffle_buffer=200).train
-    mixed = torch.cat([y for _, y in make_loader(buffered, 100, shuffle=True, pad=False)])
+    mixed = torch.cat(
+        [y for _, y in make_loader(buffered, 100, LoaderOrder(shuffle=True, pad=False))]
+    )
     assert len(mixed) == len(packed_order) == 1259
     assert sorted(mixed.tolist()) == sorted(packed_order.tolist())  # each sample once
     assert not torch.equal(mixed, packed_order)
@@ -292,7 +290,7 @@ def test_the_training_streams_read_through_the_shuffle_buffer(packed: Path) -> N
     labels: dict[int, list[torch.Tensor]] = {}
     for buffer in (0, 200):
         train = _shards(packed, shuffle_buffer=buffer).train
-        loader = make_loader(train, BATCH, shuffle=True, seed=3)  # pad: the trainer's
+        loader = make_loader(train, BATCH, LoaderOrder(shuffle=True, seed=3))  # pad: the trainer's
         for epoch in (0, 1):
             set_loader_epoch(loader, epoch)
             batches = _batches(loader)
@@ -331,7 +329,7 @@ def test_a_damaged_shard_of_the_right_size_is_named_when_read(copy: Path) -> Non
     path.write_bytes(bytes(data))
     test = _shards(copy).test
     with pytest.raises(ShardError, match=r"test-000002\.tar"):
-        _batches(make_loader(test, BATCH, shuffle=False))
+        _batches(make_loader(test, BATCH))
 
 
 def test_an_index_that_does_not_match_its_shards_is_an_error(copy: Path) -> None:
@@ -341,7 +339,7 @@ def test_an_index_that_does_not_match_its_shards_is_an_error(copy: Path) -> None
     (copy / "index.json").write_text(json.dumps(index))
     val = _shards(copy).val
     with pytest.raises(ShardError, match=r"holds 100 samples but index\.json says 99"):
-        _batches(make_loader(val, BATCH, shuffle=False))
+        _batches(make_loader(val, BATCH))
     index["splits"]["val"]["count"] += 5
     (copy / "index.json").write_text(json.dumps(index))
     with pytest.raises(ShardError, match="is damaged"):
@@ -357,14 +355,14 @@ def test_a_corrupt_image_inside_a_shard_follows_on_bad_file(copy: Path) -> None:
     data[start : start + 64] = bytes(64)  # the PNG's pixel data, not the tar structure
     path.write_bytes(bytes(data))
     with pytest.raises(BadImageError, match=r"00000003.png in shard .*val-000000.tar"):
-        _batches(make_loader(_shards(copy).val, BATCH, shuffle=False))
-    batches = _batches(make_loader(_shards(copy, on_bad_file="skip").val, BATCH, shuffle=False))
+        _batches(make_loader(_shards(copy).val, BATCH))
+    batches = _batches(make_loader(_shards(copy, on_bad_file="skip").val, BATCH))
     assert [len(y) for _, y in batches] == [32] * 5 + [19]  # replaced, not dropped
     # Counted for the trainer's epoch line (bad_file_report), from a loader worker too, and
     # once however often it is read.
     val = _shards(copy, on_bad_file="skip").val
     assert bad_file_report(val).count == 0
-    loader = make_loader(val, BATCH, shuffle=False, num_workers=1)
+    loader = make_loader(val, BATCH, num_workers=1)
     for _ in range(2):
         _batches(loader)
     report = bad_file_report(val)
@@ -446,8 +444,8 @@ def test_image_files_are_stored_as_their_own_bytes(tmp_path: Path) -> None:
     # The eval pipeline gives the same tensors from the pack as from the folder.
     source = build_splits(cfg)
     shards = _shards(tmp_path / "pack", image_size=32)
-    a = _batches(make_loader(source.val, 4, shuffle=False))
-    b = _batches(make_loader(shards.val, 4, shuffle=False))
+    a = _batches(make_loader(source.val, 4))
+    b = _batches(make_loader(shards.val, 4))
     assert all(
         torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b, strict=True)
     )

@@ -244,3 +244,33 @@ def test_resume_reads_the_recorded_split(tmp_path: Path, capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert "note: 5 image(s) under data.root are in no split recorded" in out
     assert SplitRecord.read(runs / "r" / SPLITS_FILE) == record
+
+
+def test_train_dir_dot_carves_the_test_split_as_the_bare_root_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue #17, defect 1: ``data.train_dir=.`` names the root itself as the train folder.
+    It used to be read as a split tree with no test split, training on 48/12 of 60 images
+    and passing over the explicit data.test_fraction=0.2 unsaid; it is one folder of
+    classes, carved 36/12/12 as the same folder is without train_dir=., and recorded."""
+    flat = tmp_path / "flat"
+    write_image_tree(flat, CLASSES, 20)
+    keys = {"val_dir": None, "val_fraction": 0.2, "test_fraction": 0.2}
+    dot = build_raw_splits(_cfg(flat, train_dir=".", **keys))
+    bare = build_raw_splits(_cfg(flat, **keys))
+    assert [len(s) for s in (dot.train, dot.val, dot.test)] == [36, 12, 12]
+    for a, b in ((dot.train, bare.train), (dot.val, bare.val), (dot.test, bare.test)):
+        assert a.paths == b.paths and a.labels == b.labels
+    assert Counter(dot.test.labels) == {0: 4, 1: 4, 2: 4}
+    record = dot.info["split_record"]
+    assert [len(record.files[s]) for s in ("train", "val", "test")] == [36, 12, 12]
+    # The run records it: splits.json lists the carved test split.
+    args = ["data.train_dir=.", "data.val_dir=null", "data.test_fraction=0.2"]
+    assert _train(tmp_path / "runs", flat, *args) == 0
+    assert "36 train / 12 val / 12 test" in capsys.readouterr().out
+    saved = SplitRecord.read(tmp_path / "runs" / "r" / SPLITS_FILE)
+    assert saved == record
+    # A val folder given beside data.train_dir=. is refused, not passed over.
+    (tmp_path / "val" / CLASSES[0]).mkdir(parents=True)
+    with pytest.raises(DataError, match=r"data\.val_dir=.* names a split file or folder"):
+        build_raw_splits(_cfg(flat, train_dir=".", val_dir=str(tmp_path / "val")))

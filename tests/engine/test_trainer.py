@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from resnext.config import ConfigError, load_config
-from resnext.data import TensorImages, TransformedDataset, make_loader
+from resnext.data import LoaderOrder, TensorImages, TransformedDataset, make_loader
 from resnext.engine import (
     ModelEma,
     NonFiniteLossError,
@@ -281,7 +281,7 @@ def test_one_loader_per_split_for_the_whole_run(tmp_path: Path, monkeypatch) -> 
     # Hand-made reference: a fresh loader per epoch with the same seeds, plain SGD lr 0.5.
     opt = torch.optim.SGD(reference.parameters(), lr=0.5)
     for epoch in range(3):
-        for x, y in make_loader(_data(), 8, shuffle=True, seed=0, epoch=epoch):
+        for x, y in make_loader(_data(), 8, LoaderOrder(shuffle=True, seed=0, epoch=epoch)):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(reference(x), torch.as_tensor(y)).backward()
             opt.step()
@@ -397,7 +397,7 @@ def test_the_metric_loop_counts_top1_and_top5_exactly() -> None:
     images = torch.zeros(8, 3, 2, 2, dtype=torch.uint8)
     images[:, 0, 0, 0] = torch.tensor(preds, dtype=torch.uint8)
     ds = TransformedDataset(TensorImages(images, labels), lambda x: x.float())
-    loader = make_loader(ds, 3, shuffle=False)
+    loader = make_loader(ds, 3)
     out = run_metrics([Oracle()], loader, 6, progress=False).final
     assert out.num_images == 8
     assert out.top1 == pytest.approx(100 * 5 / 8)

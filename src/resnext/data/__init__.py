@@ -8,9 +8,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
-from .base import SeededSampler, Splits, TensorImages, TransformedDataset
+from .base import LoaderOrder, SeededSampler, Splits, TensorImages, TransformedDataset
 from .digits import DIGITS_CLASSES, load_digits_images
-from .evaluation import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, eval_transform
+from .eval_transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, eval_transform
 from .images import BadFileReport, BadImageError, ImageFiles, bad_file_report, load_image
 from .preprocess import Preprocess, TenCropTransform
 
@@ -54,6 +54,7 @@ __all__ = [
     "EvalTransform",
     "ImageFiles",
     "Lighting",
+    "LoaderOrder",
     "Preprocess",
     "SeededSampler",
     "Splits",

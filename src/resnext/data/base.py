@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -40,6 +40,28 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + index * 104_729 + 0x5EED) % (2**63 - 1)
 
 
+@dataclass(frozen=True)
+class LoaderOrder:
+    """Which samples a loader gives this process, in which order, and how each is seeded:
+    a function of these fields (and the dataset) alone, which is what makes a resume exact.
+
+    ``make_loader``, the samplers and the shard streams take it whole."""
+
+    shuffle: bool = False  # a permutation seeded by (seed, epoch); else the dataset's order
+    seed: int = 0  # the run's seed: the permutation and every sample's augmentation
+    epoch: int = 0  # the pass: another epoch, another permutation and augmentation
+    start: int = 0  # samples of this process's epoch already served (a mid-epoch resume)
+    rank: int = 0  # this process, of world_size (DDP)
+    world_size: int = 1
+    # True: repeat a few samples so every process takes the same steps (training);
+    # False: every sample goes to exactly one process (exact evaluation)
+    pad: bool = True
+
+    def at(self, epoch: int, start: int = 0) -> LoaderOrder:
+        """The same order, serving epoch ``epoch`` from its sample ``start``."""
+        return replace(self, epoch=epoch, start=start)
+
+
 class SeededSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, sample_seed)``; the order is a permutation seeded by (seed, epoch).
 
@@ -49,52 +71,52 @@ class SeededSampler(Sampler[tuple[int, int]]):
     (training), ``pad=False`` gives each sample to exactly one rank (exact evaluation).
     """
 
-    def __init__(
-        self,
-        n: int,
-        shuffle: bool,
-        seed: int,
-        epoch: int = 0,
-        start: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        pad: bool = True,
-    ) -> None:
-        self.n, self.shuffle, self.seed, self.epoch, self.start = n, shuffle, seed, epoch, start
-        self.rank, self.world_size, self.pad = rank, world_size, pad
+    def __init__(self, n: int, order: LoaderOrder) -> None:
+        self.n, self.order = n, order
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Serve epoch ``epoch`` from sample ``start`` on the next iteration (loader reuse)."""
-        self.epoch, self.start = epoch, start
+        self.order = self.order.at(epoch, start)
 
     def indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 10_007 + self.epoch)
+        o = self.order
+        if o.shuffle:
+            g = torch.Generator().manual_seed(o.seed * 10_007 + o.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        if self.world_size > 1 and self.pad:
+        if o.world_size > 1 and o.pad:
             # Pad to a multiple of the world size so every rank takes the same steps.
-            total = -(-len(order) // self.world_size) * self.world_size
-            order = (order + order[: total - len(order)])[self.rank : total : self.world_size]
-        elif self.world_size > 1:
-            order = order[self.rank :: self.world_size]
+            total = -(-len(order) // o.world_size) * o.world_size
+            order = (order + order[: total - len(order)])[o.rank : total : o.world_size]
+        elif o.world_size > 1:
+            order = order[o.rank :: o.world_size]
         return order
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in self.indices()[self.start :]:
-            yield i, sample_seed(self.seed, self.epoch, i)
+        seed, epoch = self.order.seed, self.order.epoch
+        for i in self.indices()[self.order.start :]:
+            yield i, sample_seed(seed, epoch, i)
 
     def __len__(self) -> int:
-        return max(0, len(self.indices()) - self.start)
+        return max(0, len(self.indices()) - self.order.start)
 
 
 class TransformedDataset(Dataset):
-    """Applies ``transform`` to a reader's samples; index by int or (int, sample_seed)."""
+    """Applies ``transform`` to a reader's samples; index by int or (int, sample_seed).
 
-    def __init__(self, base: Dataset, transform: Callable[[Any], torch.Tensor]) -> None:
+    Its base is a map-style reader, or a shard split (read in sequence, never by index:
+    :attr:`streamed`), which :func:`~resnext.data.make_loader` streams instead."""
+
+    def __init__(self, base: Any, transform: Callable[[Any], torch.Tensor]) -> None:
         self.base = base
         self.transform = transform
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the split is read in sequence, whole batches at a time (a shard split),
+        rather than sample by sample; what every split and loader dataset answers."""
+        return bool(getattr(self.base, "streamed", False))
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]

@@ -10,13 +10,13 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import DataConfig
 from ..errors import DataError
-from .base import SeededSampler, Splits, TransformedDataset, one_thread
+from .base import LoaderOrder, SeededSampler, Splits, TransformedDataset, one_thread
 from .cifar import cifar_splits
 from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, digits_splits
 from .folder import imagefolder_splits, imagelist_splits
 from .mnist import mnist_splits
 from .preprocess import Preprocess
-from .shards import ShardStream, shard_loader, shard_split_of, webdataset_splits
+from .shards import shard_loader, webdataset_splits
 from .tiny_imagenet import tiny_imagenet_splits
 from .transforms import train_transform
 
@@ -118,69 +118,63 @@ def collate(batch: list[Any]) -> Any:
 def make_loader(
     dataset: Dataset,
     batch_size: int,
+    order: LoaderOrder = LoaderOrder(),  # noqa: B008 (frozen: one shared default is safe)
     *,
-    shuffle: bool,
-    seed: int = 0,
-    epoch: int = 0,
-    start: int = 0,
     num_workers: int = 0,
     pin_memory: bool | None = None,
     persistent_workers: bool | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    pad: bool = True,
 ) -> DataLoader:
-    """A DataLoader whose order and augmentation depend only on (seed, epoch, index).
+    """A DataLoader whose order and augmentation depend only on ``order`` (seed, epoch, index).
 
-    ``start`` skips the first ``start`` samples of the epoch's order (mid-epoch resume).
-    ``pad=False`` shards without repeating samples (evaluation under DDP).
+    ``order.start`` skips the first samples of the epoch's order (mid-epoch resume);
+    ``order.pad=False`` shards without repeating samples (evaluation under DDP); the default
+    order reads every sample once, in the dataset's order.
     ``pin_memory`` defaults to whether CUDA is available; ``persistent_workers`` to
     ``num_workers > 0``. Workers can persist because the sampler hands them
     ``(index, sample_seed)`` pairs: to reuse one loader (and its workers) for the next
     epoch, call :func:`set_loader_epoch` before iterating it again.
 
-    A shard split (``data.name=webdataset``) is streamed instead, in whole batches
-    (:func:`~resnext.data.shards.shard_loader`): shuffled and padded (training), every process
-    gets the same number; otherwise every sample comes exactly once.
+    A shard split (``data.name=webdataset``; ``dataset.streamed``) is streamed instead, in
+    whole batches (:func:`~resnext.data.shards.shard_loader`): shuffled and padded
+    (training), every process gets the same number; otherwise every sample comes exactly once.
     """
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if persistent_workers is None:
         persistent_workers = num_workers > 0
-    if shard_split_of(dataset) is not None:
+    if _streamed(dataset):
         return shard_loader(
             dataset,  # type: ignore[arg-type]
             batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            epoch=epoch,
-            start=start,
+            order,
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
-            rank=rank,
-            world_size=world_size,
-            pad=pad,
         )
-    sampler = SeededSampler(len(dataset), shuffle, seed, epoch, start, rank, world_size, pad)  # type: ignore[arg-type]
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=SeededSampler(len(dataset), order),  # type: ignore[arg-type]
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
         drop_last=False,
         collate_fn=collate,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(order.seed),
     )
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int, start: int = 0) -> None:
     """Make a loader from :func:`make_loader` serve epoch ``epoch`` from its sample ``start``
     on its next pass (its workers, if persistent, keep running)."""
-    if isinstance(loader.dataset, ShardStream):
-        loader.dataset.set_epoch(epoch, start)
+    if _streamed(loader.dataset):  # the stream orders itself
+        loader.dataset.set_epoch(epoch, start)  # type: ignore[attr-defined]
         len(loader)  # the loader keeps the length it last reported; this pass has its own
     else:
         loader.sampler.set_epoch(epoch, start)  # type: ignore[attr-defined]
+
+
+def _streamed(dataset: Any) -> bool:
+    """Whether a split (or a loader's dataset) is read in sequence, in whole batches; a
+    dataset that does not say is map-style (any reader, torchvision's included)."""
+    return bool(getattr(dataset, "streamed", False))

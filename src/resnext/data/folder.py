@@ -17,7 +17,8 @@ One folder of classes, no splits (Caltech-101/256 style)::
     root/<class>/*.jpg            classes = the sorted sub-folder names of root
 
 is what ``data.root`` holds when ``root/<data.train_dir>`` does not exist (timm's folder
-datasets make the same choice: no split folder, the root is the dataset). Val and test are
+datasets make the same choice: no split folder, the root is the dataset), or is the root
+itself (``data.train_dir=.``: the same folder, read the same way). Val and test are
 then carved from each class, ``data.val_fraction`` and ``data.test_fraction`` of its images
 (``data.split_seed``), and recorded: the run writes the file lists to ``splits.json`` in
 its folder, and a resume and ``resnext eval`` read them back (``data.split_file``) instead
@@ -166,6 +167,11 @@ def imagefolder_splits(cfg: DataConfig) -> Splits:
     train_dir = _resolve(root, cfg.train_dir)
     if not train_dir.exists():
         return _one_folder_splits(cfg, root)
+    if train_dir.resolve() == root.resolve():
+        # The root is the train folder: one folder of classes, whose val and test splits are
+        # carved (data.val_fraction, data.test_fraction) as when it has no train folder, not
+        # a split tree with no test split that would pass over data.test_fraction unsaid.
+        return _one_folder_splits(cfg, root)
     if not train_dir.is_dir():
         raise DataError(f"train folder {str(train_dir)!r} is not a folder (data.train_dir)")
     if cfg.split_file is not None:
@@ -199,19 +205,26 @@ def imagefolder_splits(cfg: DataConfig) -> Splits:
 
 
 def _one_folder_splits(cfg: DataConfig, root: Path) -> Splits:
-    """``root/<class>/*`` with no split folders: train, val and test carved per class, or
-    read back from a recorded split (``data.split_file``)."""
+    """``root/<class>/*`` with no split folders (no train folder, or ``data.train_dir=.``):
+    train, val and test carved per class, or read back from a recorded split
+    (``data.split_file``)."""
     classes = _folder_classes(root)
+    train_dir = _resolve(root, cfg.train_dir)
+    if train_dir.exists():
+        why = f"is its own train folder (data.train_dir={cfg.train_dir!r})"
+        lead = f"data.root={cfg.root!r} {why}, and it holds"
+    else:
+        why = f"has no train folder ({cfg.train_dir}/)"
+        lead = f"train folder {str(train_dir)!r} does not exist, but data.root={cfg.root!r} holds"
     split_like = sorted(
         {cfg.train_dir, "train", "val", "test", *(d for d in (cfg.val_dir, cfg.test_dir) if d)}
         & set(classes)
     )
     if split_like:
         raise DataError(
-            f"train folder {str(_resolve(root, cfg.train_dir))!r} does not exist, but "
-            f"data.root={cfg.root!r} holds {split_like}: a split tree needs its train folder "
-            "(set data.train_dir to its name), and one folder of classes must not have "
-            "folders named like splits (rename them)"
+            f"{lead} {split_like}: a split tree needs its train folder (set data.train_dir to "
+            "its name), and one folder of classes must not have folders named like splits "
+            "(rename them)"
         )
     if not classes:
         raise DataError(
@@ -221,12 +234,14 @@ def _one_folder_splits(cfg: DataConfig, root: Path) -> Splits:
         )
     given = {"data.test_dir": cfg.test_dir, "data.val_labels": cfg.val_labels}
     given["data.test_labels"] = cfg.test_labels
+    if cfg.val_dir is not None and _resolve(root, cfg.val_dir).is_dir():  # not the default's
+        given["data.val_dir"] = cfg.val_dir
     clash = [f"{k}={v!r}" for k, v in given.items() if v is not None]
     if clash:
         raise DataError(
-            f"{', '.join(clash)} names a split file or folder, but data.root={cfg.root!r} has "
-            f"no train folder ({cfg.train_dir}/): it is read as one folder of classes whose "
-            "val and test splits are carved (data.val_fraction, data.test_fraction); unset "
+            f"{', '.join(clash)} names a split file or folder, but data.root={cfg.root!r} "
+            f"{why}: it is read as one folder of classes whose val and test splits are carved "
+            "(data.val_fraction, data.test_fraction); unset "
             f"{', '.join(k for k, v in given.items() if v is not None)}, or add the train folder"
         )
     samples = _scan_class_tree(root, classes, "train")

@@ -1,7 +1,7 @@
 """``resnext pack``: any dataset the readers read, written as WebDataset shards.
 
 Each split the reader gives becomes one shard set (``train-000000.tar``, ...; the layout
-and ``index.json`` are described in :mod:`resnext.data.shards`). Images are stored encoded:
+and ``index.json`` are described in :mod:`resnext.data.shards.index`). Images are stored encoded:
 the source file's own bytes where the reader reads files (nothing is re-encoded, so a
 JPEG decodes to the same pixels from either place), PNG (lossless) for in-memory datasets.
 The train split is written in an order shuffled with ``seed`` so that every shard mixes
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +33,17 @@ from ..config import DataConfig
 from ..errors import ConfigError, DataError
 from .build import build_raw_splits
 from .images import BadImageError, ImageFiles, load_image, to_rgb
-from .shards import FORMAT, INDEX_FILE, KEY_DIGITS, LABEL_EXT, SPLITS, VERSION, import_webdataset
+from .shards.index import (
+    INDEX_FILE,
+    KEY_DIGITS,
+    LABEL_EXT,
+    SPLITS,
+    Shard,
+    import_webdataset,
+    new_index,
+    split_entry,
+    write_index,
+)
 
 DEFAULT_SHARD_BYTES = 256 * 1024**2  # WebDataset's usual advice: shards of 100 MB to 1 GB
 _TAR_BLOCK = 512
@@ -155,8 +163,9 @@ class _ShardWriter:
         self.wds = import_webdataset()
         self.out, self.split, self.written = out, split, written
         self.max_bytes, self.max_samples = max_bytes, max_samples
-        self.shards: list[dict[str, Any]] = []
+        self.shards: list[Shard] = []
         self._file: Any = None
+        self._name = ""
         self._tar: Any = None
         self._count = self._bytes = 0
 
@@ -174,12 +183,11 @@ class _ShardWriter:
         if full:
             self._close()
         if self._tar is None:
-            name = f"{self.split}-{len(self.shards):06d}.tar"
-            self.written.append(self.out / name)
-            self._file = _HashingFile(self.out / name)
+            self._name = f"{self.split}-{len(self.shards):06d}.tar"
+            self.written.append(self.out / self._name)
+            self._file = _HashingFile(self.out / self._name)
             # mtime 0: packing the same data twice gives the same bytes.
             self._tar = self.wds.TarWriter(self._file, encoder=False, mtime=0)
-            self.shards.append({"file": name, "count": 0, "bytes": 0})
             self._count, self._bytes = 0, 2 * _TAR_BLOCK  # the end-of-archive blocks
         self._tar.write({"__key__": key, ext: data, LABEL_EXT: cls})
         self._count += 1
@@ -188,13 +196,13 @@ class _ShardWriter:
     def _close(self) -> None:
         self._tar.close()
         self._file.close()
-        entry = self.shards[-1]
-        entry["count"] = self._count
-        entry["bytes"] = (self.out / entry["file"]).stat().st_size
-        entry["sha256"] = self._file.sha256.hexdigest()  # what the run's fingerprint hashes
+        path = self.out / self._name
+        # The SHA-256 is what a run's shard fingerprint hashes.
+        shard = Shard(path, self._count, path.stat().st_size, self._file.sha256.hexdigest())
+        self.shards.append(shard)
         self._tar = self._file = None
 
-    def close(self) -> list[dict[str, Any]]:
+    def close(self) -> list[Shard]:
         if self._tar is not None:
             self._close()
         return self.shards
@@ -245,18 +253,15 @@ def pack_dataset(
     except OSError as e:
         raise ConfigError(f"cannot create the pack folder {folder}: {e.strerror or e}") from e
     t0 = time.perf_counter()
-    index: dict[str, Any] = {
-        "format": FORMAT,
-        "version": VERSION,
-        "classes": list(raw.classes),
-        "mean": list(raw.mean),
-        "std": list(raw.std),
-        "source": {"name": cfg.name, "data": _plain(asdict(cfg)), "info": _plain(raw.info)},
-        "splits": {},
-    }
     from .. import __version__
 
-    index["created_by"] = f"resnext {__version__}"
+    index = new_index(
+        list(raw.classes),
+        list(raw.mean),
+        list(raw.std),
+        {"name": cfg.name, "data": _plain(asdict(cfg)), "info": _plain(raw.info)},
+        f"resnext {__version__}",
+    )
     written: list[Path] = []
     try:
         for name in splits:
@@ -267,10 +272,11 @@ def pack_dataset(
             if name == "train":
                 random.Random(seed).shuffle(order)
             writer = _ShardWriter(folder, name, shard_bytes, shard_samples, written)
-            entry = _pack_split(
+            shards, class_counts, skipped = _pack_split(
                 ds, order, writer, workers, verify, progress, cfg.on_bad_file, len(raw.classes)
             )
-            entry["order"] = f"shuffled, seed {seed}" if name == "train" else "the reader's"
+            how = f"shuffled, seed {seed}" if name == "train" else "the reader's"
+            entry = split_entry(shards, class_counts, how, skipped)
             index["splits"][name] = entry
             say(
                 f"{name}: {entry['count']} images in {len(entry['shards'])} shard(s), "
@@ -284,9 +290,7 @@ def pack_dataset(
     if not index["splits"]:
         raise DataError(f"the {cfg.name} dataset has none of the splits {list(splits)} to pack")
     index["seconds"] = round(time.perf_counter() - t0, 1)
-    tmp = folder / (INDEX_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, folder / INDEX_FILE)
+    write_index(folder, index)
     return index
 
 
@@ -299,7 +303,8 @@ def _pack_split(
     progress: bool,
     on_bad_file: str,
     num_classes: int,
-) -> dict[str, Any]:
+) -> tuple[list[Shard], list[int], list[str]]:
+    """The split written: its shards, the count of each class, the files left out."""
     name = writer.split
     loader = DataLoader(
         _Encoded(ds, order, verify), batch_size=None, num_workers=workers, collate_fn=_first
@@ -322,14 +327,7 @@ def _pack_split(
             class_counts[sample["label"]] += 1
     finally:
         shards = writer.close()
-    entry: dict[str, Any] = {
-        "count": sum(s["count"] for s in shards),
-        "class_counts": class_counts,
-        "shards": shards,
-    }
-    if skipped:
-        entry["skipped"] = skipped
-    return entry
+    return shards, class_counts, skipped
 
 
 def _plain(obj: Any) -> Any:

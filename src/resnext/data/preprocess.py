@@ -16,7 +16,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import ConfigError, WeightsError
-from .evaluation import (
+from .eval_transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalTransform,
@@ -120,7 +120,7 @@ class Preprocess:
     def transform(self, ten_crop: bool = False) -> Callable[[Any], torch.Tensor]:
         """PIL image or uint8/float CHW tensor -> normalised float ``(C, S, S)``.
 
-        The single crop runs in torch alone (:mod:`resnext.data.evaluation`), so predicting
+        The single crop runs in torch alone (:mod:`resnext.data.eval_transforms`), so predicting
         does not import torchvision. With ``ten_crop``: ``(10, C, S, S)``, the four corner
         crops and the centre crop of the resized image and the same five of its mirror image
         (paper Sec. 4, 10-crop test). The centre crop is exactly the single-crop input.
@@ -138,7 +138,7 @@ class Preprocess:
 
 class TenCropTransform:
     """The paper's 10-crop test (torchvision's ``TenCrop`` order): the image resized as
-    :class:`~resnext.data.evaluation.EvalTransform` resizes it, its four corner crops and
+    :class:`~resnext.data.eval_transforms.EvalTransform` resizes it, its four corner crops and
     centre crop, then the same five of its mirror image; each normalised, stacked into
     ``(10, C, S, S)``. The centre crops sit where the single crop does (``crop_offset``:
     torchvision's or fb.resnet.torch's), so crop 4 is exactly the single-crop input."""

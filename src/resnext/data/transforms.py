@@ -1,11 +1,11 @@
 """The paper's train transforms, built from torchvision's v2 transforms; the eval transform
-(:func:`~resnext.data.evaluation.eval_transform`, re-exported here) is written in torch alone
+(:func:`~resnext.data.eval_transforms.eval_transform`, re-exported here) is written in torch alone
 and equals torchvision's v2 resize/crop bit for bit (tested).
 
 Inputs are PIL images (any mode) or uint8 CHW tensors with 1 or 3 channels; outputs are
 float CHW RGB tensors, normalised. Train and eval use the same resize kernel (torch's
 antialiased resize on uint8 tensors, called by torchvision v2 here and by
-:mod:`resnext.data.evaluation` directly) and the same interpolation: mixing
+:mod:`resnext.data.eval_transforms` directly) and the same interpolation: mixing
 back-ends costs ~0.7% top-1 (PAPER.md, pitfalls). Every resize keeps the aspect ratio
 (shorter side, then a crop), so train and eval see objects with the same proportions.
 Random draws come from torch's global RNG, which
@@ -22,11 +22,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
-from .evaluation import CROP_OFFSETS as CROP_OFFSETS
-from .evaluation import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported with the eval side
-from .evaluation import IMAGENET_STD as IMAGENET_STD
-from .evaluation import INTERPOLATION_NAMES
-from .evaluation import eval_transform as eval_transform
+from ..registry_names import AUGMENTATIONS
+from .eval_transforms import CROP_OFFSETS as CROP_OFFSETS
+from .eval_transforms import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported with the eval side
+from .eval_transforms import IMAGENET_STD as IMAGENET_STD
+from .eval_transforms import INTERPOLATION_NAMES
+from .eval_transforms import eval_transform as eval_transform
 from .images import to_rgb
 
 # fb.resnet.torch's PCA of ImageNet RGB pixels (AlexNet-style lighting noise).
@@ -160,6 +161,4 @@ def train_transform(
         if pca_lighting > 0:
             ops.append(Lighting(pca_lighting))
         return v2.Compose([*ops, norm])
-    raise ValueError(
-        f"data.augment must be none, crop, cifar, imagenet or imagenet_scale, got {augment!r}"
-    )
+    raise ValueError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, OptimConfig, ScheduleConfig
+from ..registry_names import SCHEDULES
 
 
 def scaled_lr(cfg: OptimConfig, total_batch: int) -> float:
@@ -63,10 +64,8 @@ def lr_factor_fn(
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
-    if cfg.name not in ("step", "multistep", "cosine", "constant"):
-        raise ConfigError(
-            f"schedule.name must be step, multistep, cosine or constant, got {cfg.name!r}"
-        )
+    if cfg.name not in SCHEDULES:
+        raise ConfigError(f"schedule.name must be one of {', '.join(SCHEDULES)}, got {cfg.name!r}")
     if cfg.name == "step" and cfg.step_size < 1:
         raise ConfigError(f"schedule.step_size must be at least 1 epoch, got {cfg.step_size}")
     if cfg.warmup_epochs < 0 or not 0.0 <= cfg.warmup_start_factor <= 1.0:
@@ -89,7 +88,9 @@ def lr_factor_fn(
             span = max(1, total_steps - warmup)
             t = min(1.0, (step - warmup) / span)
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
-        return 1.0
+        if cfg.name == "constant":
+            return 1.0
+        raise ValueError(f"schedule {cfg.name!r} is in SCHEDULES but has no rule here")
 
     return factor
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import Config
-from ..data import bad_file_report, make_loader, set_loader_epoch
+from ..data import LoaderOrder, bad_file_report, make_loader, set_loader_epoch
 from ..errors import ConfigError, DataError, TrainingError
 from ..runtime import check_precision, train_precision
 from ..weights import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
@@ -224,11 +224,13 @@ class Trainer:
             self._train_loader_ = make_loader(
                 self.train_set,
                 self.tc.batch_size,
-                shuffle=True,
-                seed=self.tc.seed,
+                LoaderOrder(
+                    shuffle=True,
+                    seed=self.tc.seed,
+                    rank=self.dist.rank,
+                    world_size=self.dist.world_size,
+                ),
                 num_workers=self.cfg.data.num_workers,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
             )
         loader = self._train_loader_
         set_loader_epoch(loader, self.progress.epoch, self.progress.epoch_step * self.tc.batch_size)

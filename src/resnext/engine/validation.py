@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import make_loader
+from ..data import LoaderOrder, make_loader
 from ..inference.metrics import run_metrics
 from .distributed import DistInfo
 
@@ -45,11 +45,8 @@ class SplitEvaluator:
             self._loaders[split] = make_loader(
                 dataset,
                 self.batch_size,
-                shuffle=False,
+                LoaderOrder(rank=self.dist.rank, world_size=self.dist.world_size, pad=False),
                 num_workers=self.num_workers,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                pad=False,
             )
         return self._loaders[split]
 

@@ -250,7 +250,6 @@ def prepare_evaluation(
     loader = make_loader(
         TransformedDataset(dataset, transform),
         batch_size,
-        shuffle=False,
         num_workers=cfg.num_workers if workers is None else workers,
     )
     return Evaluation(

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..registry_names import INTERPOLATIONS
 from .images import to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # the resize filters of the config (data.interpolation) and checkpoints
-INTERPOLATION_NAMES = ("bilinear", "bicubic", "nearest")
+INTERPOLATION_NAMES = INTERPOLATIONS
 # where an odd margin puts the centre crop: round (torchvision) | ceil (fb.resnet.torch)
 CROP_OFFSETS = ("round", "ceil")
 
@@ -179,7 +180,12 @@ def scale_to_float(img: torch.Tensor) -> torch.Tensor:
 class EvalTransform:
     """PIL image or uint8/float ``(C, H, W)`` tensor -> the normalised float ``(3, S, S)``
     tensor a model is evaluated on: shorter side to ``resize`` (default: the crop size),
-    centre crop ``size``, scaled to [0, 1], ``(x - mean) / std``."""
+    centre crop ``size``, scaled to [0, 1], ``(x - mean) / std``.
+
+    ImageNet's standard is resize 256 -> crop 224 (torchvision V2 weights: 232 -> 224).
+    ``crop_offset``: ``round`` (torchvision) or ``ceil`` (fb.resnet.torch) where the margin
+    is odd.
+    """
 
     def __init__(
         self,
@@ -219,18 +225,5 @@ class EvalTransform:
         )
 
 
-def eval_transform(
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    resize: int | None = None,
-    interpolation: str = "bilinear",
-    crop_offset: str = "round",
-) -> EvalTransform:
-    """Resize the shorter side to ``resize`` (default: the image size), centre crop.
-
-    ImageNet's standard is resize 256 -> crop 224 (torchvision V2 weights: 232 -> 224).
-    ``crop_offset``: ``round`` (torchvision) or ``ceil`` (fb.resnet.torch) where the margin
-    is odd.
-    """
-    return EvalTransform(image_size, mean, std, resize, interpolation, crop_offset)
+#: The eval transform by its function name (``eval_transform(size, mean, std, resize, ...)``).
+eval_transform = EvalTransform
