@@ -11,7 +11,7 @@ import sys
 
 from ..errors import ConfigError
 from ..serve.settings import ServeSettings
-from .common import add_ema_options, add_runtime_options
+from .common import add_ema_options, add_runtime_options, runtime_from_args
 
 _DEFAULTS = ServeSettings()
 
@@ -96,16 +96,10 @@ def run(args: argparse.Namespace) -> int:
     require_dependencies()
     from ..serve.server import ModelSpec, run_server
 
-    spec = ModelSpec(
-        args.model,
-        use_ema=args.ema,
-        backend=args.backend,
-        precision=args.precision,
-        device=args.device,
-    )
+    spec = ModelSpec(args.model, use_ema=args.ema, runtime=runtime_from_args(args))
     clf = spec.load()  # a bad file or option fails here, before anything listens
     print(
-        f"resnext serve: {clf.model.arch.name} from {args.model}: {clf.backend} back-end, "
+        f"resnext serve: {clf.model.arch.name} from {args.model}: {clf.backend_line}, "
         f"{clf.precision}, {clf.device}; batches of up to {settings.max_batch} images, "
         f"waiting up to {settings.max_wait_ms:g} ms",
         file=sys.stderr,
