@@ -5,17 +5,19 @@ each is refused, with the reason, where it cannot run."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from helpers import DIGITS_PRE, randomise_bn, tiny_checkpoint
 from resnext import Classifier, RuntimeOptions
 from resnext.cli import main
 from resnext.data import Preprocess
 from resnext.errors import ConfigError
-from resnext.inference.backends import weights_digest
+from resnext.inference.backends import choose_backend, missing_onnx_modules, weights_digest
 
 pytest.importorskip("onnxruntime")
 
@@ -120,3 +122,27 @@ def test_auto_runs_fp32_in_onnxruntime_and_bf16_eager(tmp_path: Path) -> None:
     )
     bf16 = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu", precision="bf16"))
     assert bf16.backend == "eager"
+
+
+def test_auto_without_onnxscript_names_it_and_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """onnx and onnxruntime installed, onnxscript not (its import made to fail): the
+    fallback to eager names onnxscript, not onnxruntime, with the pip command."""
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` now fails
+    with pytest.raises(ImportError):
+        import onnxscript  # noqa: F401
+    assert missing_onnx_modules() == ["onnxscript"]
+    name, why = choose_backend(torch.device("cpu"), "fp32")
+    assert name == "eager" and why.startswith("onnxscript not installed")
+    assert "(pip install onnxscript)" in why and "1.1-1.5x eager" in why
+    assert "onnxruntime not installed" not in why and "onnxruntime is not installed" not in why
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "x.png")
+    assert main(["predict", str(ckpt), str(tmp_path / "x.png"), "--device", "cpu"]) == 0
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith("resnext predict: eager back-end (onnxscript not installed, ")
+    assert "pip install onnxscript" in line and line.endswith("fp32, cpu")
+    # an explicit back-end is what was asked for: no note
+    clf = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu", backend="eager"))
+    assert clf.backend_line == "eager back-end"

@@ -64,8 +64,8 @@ def fast_path_missing() -> str | None:
         return None
     return (
         f"{', '.join(missing)} not installed, so not the onnxruntime back-end "
-        f"(pip install {' '.join(missing)}, or pip install 'resnext[export]'); resnext bench "
-        "measured it 1.1-1.5x eager for fp32 on the CPU"
+        f"(pip install {' '.join(missing)}); resnext bench measured it 1.1-1.5x eager for "
+        "fp32 on the CPU"
     )
 
 
