@@ -46,15 +46,3 @@ def tiny_checkpoint(
     )
     save_checkpoint(path, payload)
     return path
-
-
-def randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
-    """BN statistics and affine parameters away from their initial values (so that folding
-    them into the convolutions is really exercised)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.3)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.3)

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import DIGITS_PRE, randomise_bn, tiny_checkpoint
+from helpers import DIGITS_PRE, tiny_checkpoint
 from resnext import Classifier, RuntimeOptions
+from resnext.benchmarking import randomise_bn
 from resnext.cli import main
 from resnext.data import Preprocess
 from resnext.errors import ConfigError

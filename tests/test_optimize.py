@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import TINY, randomise_bn
+from helpers import TINY
+from resnext.benchmarking import randomise_bn
 from resnext.inference.optimize import EagerRunner, fold_batchnorm
 from resnext.models import create_model
 

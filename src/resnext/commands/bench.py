@@ -7,7 +7,8 @@ import sys
 
 import torch
 
-from ..bench import BenchRow, bench_model, cpu_name, matmul_ceiling, precisions
+from ..bench import BenchRow, bench_model, matmul_ceiling, precisions
+from ..benchmarking import cpu_name
 from ..errors import ConfigError
 from ..models import create_model
 from ..table import format_table
