@@ -1,7 +1,8 @@
 """Input pipeline speed beside model training speed, on this machine.
 
 Writes N 500x375 JPEGs (ImageNet's typical size; smooth synthetic scenes plus noise,
-quality 90) to a temporary image folder, then measures:
+quality 90; :func:`resnext.benchmarking.write_jpegs`) to a temporary image folder, then
+measures:
 
 - the ImageNet train pipeline (decode, random-resized crop to 224, flip, colour jitter,
   PCA lighting, normalise; batches of 32) in images/s with 0, 1 and 2 DataLoader
@@ -21,59 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from resnext.config import DataConfig
+from resnext.benchmarking import cpu_name, imagenet_train_config, median_seconds, write_jpegs
 from resnext.data import LoaderOrder, build_splits, load_image, make_loader
 from resnext.models import create_model
 from resnext.table import format_table
 
 
-def write_jpegs(root: Path, n: int, classes: int = 4, seed: int = 0) -> int:
-    """``root/train/c<k>/<i>.jpg``: n JPEGs of 500x375; returns their total size in bytes."""
-    rng = np.random.default_rng(seed)
-    h, w = 375, 500
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    total = 0
-    for i in range(n):
-        # low-frequency colour fields plus sensor-like noise: JPEG sizes like photos
-        fx, fy, phase = (
-            rng.uniform(0.005, 0.03, 3),
-            rng.uniform(0.005, 0.03, 3),
-            rng.uniform(0, 6.28, 3),
-        )
-        img = np.stack(
-            [128 + 100 * np.sin(fx[c] * xx + fy[c] * yy + phase[c]) for c in range(3)], -1
-        )
-        img += rng.normal(0, 12, img.shape)
-        path = root / "train" / f"c{i % classes}" / f"{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
-        total += path.stat().st_size
-    return total
-
-
-def data_config(root: Path, name: str, workers: int) -> DataConfig:
-    """The ImageNet train pipeline (paper augmentation at 224) over ``root``, all of it train;
-    shard streams shuffle among 256 samples a worker."""
-    return DataConfig(
-        name=name,
-        root=str(root),
-        val_dir=None,
-        val_fraction=0.0,
-        augment="imagenet",
-        image_size=224,
-        num_workers=workers,
-        shuffle_buffer=256,
-    )
-
-
 def pipeline_rate(root: Path, workers: int, batch_size: int, epochs: int) -> float:
     """Train-pipeline images/s with ``workers`` loader processes (after one warm-up epoch)."""
-    train = build_splits(data_config(root, "imagefolder", workers)).train
+    train = build_splits(imagenet_train_config(root, "imagefolder", workers)).train
     loader = make_loader(train, batch_size, LoaderOrder(shuffle=True, seed=0), num_workers=workers)
     for _ in loader:  # warm-up: worker start-up, file cache
         pass
@@ -95,7 +55,8 @@ def decode_rate(root: Path) -> float:
 
 
 def train_rate(name: str, batch_size: int, steps: int) -> float:
-    """Training images/s of a model at 224x224 (forward, backward, SGD step) on the CPU."""
+    """Training images/s of a model at 224x224 (forward, backward, SGD step) on the CPU: the
+    median step of ``steps`` after one untimed."""
     model = create_model(name, num_classes=1000)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -107,11 +68,7 @@ def train_rate(name: str, batch_size: int, steps: int) -> float:
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
 
-    step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch_size / (time.perf_counter() - start)
+    return batch_size / median_seconds(step, repeat=steps)
 
 
 def main() -> None:
@@ -142,7 +99,7 @@ def main() -> None:
         rows.append([f"{name} train step, 224", "-", args.model_batch, f"{rate:.2f}", "-"])
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs, device cpu"
+        f"{os.cpu_count()} CPUs ({cpu_name()}), device cpu"
     )
     print(format_table(rows))
 

@@ -1,6 +1,6 @@
 """`resnext predict` with its defaults beside a plain torchvision script, end to end.
 
-Writes N JPEGs of 500x375 (benchmarks/data_pipeline.py's synthetic photos) and a
+Writes N JPEGs of 500x375 (:func:`resnext.benchmarking.write_jpegs`' synthetic photos) and a
 torchvision resnext50_32x4d state dict (random weights, random BN statistics), then times,
 as fresh processes (interpreter start-up and imports included), alternating, each --repeat
 times:
@@ -30,11 +30,9 @@ from pathlib import Path
 import torch
 import torchvision
 
+from resnext.benchmarking import cpu_name, randomise_bn, write_jpegs
 from resnext.inference.classes import imagenet_classes
 from resnext.table import format_table
-
-sys.path.insert(0, str(Path(__file__).parent))
-from data_pipeline import write_jpegs  # a sibling script, not a package
 
 SCRIPT = """\
 import glob, sys, torch, torchvision
@@ -77,11 +75,7 @@ def main() -> None:
         write_jpegs(root / "images", args.images)
         folder = root / "images" / "train"
         torch.manual_seed(0)
-        model = torchvision.models.resnext50_32x4d()
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+        model = randomise_bn(torchvision.models.resnext50_32x4d())
         weights = root / "resnext50_32x4d.pth"
         torch.save(model.state_dict(), weights)
         (root / "plain.py").write_text(SCRIPT)
@@ -116,7 +110,10 @@ def main() -> None:
     rows.append(("resnext predict, defaults, warm cache", f"{warm:.2f}", f"{base / warm:.2f}x"))
     cold_name = "resnext predict, defaults, cold cache (1 run)"
     rows.append((cold_name, f"{cold:.2f}", f"{base / cold:.2f}x"))
-    print(f"{args.images} JPEGs of 500x375, resnext50_32x4d, {torch.get_num_threads()} threads")
+    print(
+        f"{args.images} JPEGs of 500x375, resnext50_32x4d, {torch.get_num_threads()} threads "
+        f"({cpu_name()})"
+    )
     print(format_table(rows, left=1))
     print(f"same top-1 on {agree}/{len(script_top1)} files")
 

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import io
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ import httpx
 import torch
 from PIL import Image
 
+from resnext.benchmarking import cpu_name
 from resnext.data import Preprocess
 from resnext.data.digits import digits_splits
 from resnext.data.images import is_image_file
@@ -185,12 +185,8 @@ def main() -> None:
     checkpoint = (
         random_checkpoint(args.model, Path(scratch.name)) if args.model else args.checkpoint
     )
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in _lscpu() if ln.startswith("Model name")),
-        platform.processor() or "unknown CPU",
-    )
     served = args.url or (f"{args.model} (random weights)" if args.model else checkpoint)
-    print(f"{cpu}, {os.cpu_count()} CPUs; client and server on this machine")
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs; client and server on this machine")
     print(f"serving {served}, back-end {args.backend}; {len(images)} distinct images")
     rows: list[list[object]] = [
         [
@@ -247,13 +243,6 @@ def main() -> None:
             f"{throughput[top, c] / throughput[1, c]:.2f}x with {c} clients" for c in args.clients
         )
         print(f"throughput of max-batch {top} over max-batch 1: {gains}")
-
-
-def _lscpu() -> list[str]:
-    try:
-        return subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    except OSError:
-        return []
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Reading an image folder vs the same images packed into WebDataset shards, on this machine.
 
 Writes N JPEGs of 500x375 (ImageNet's typical size; the synthetic scenes of
-``benchmarks/data_pipeline.py``) to an image folder under ``--dir`` (default: a temporary
+:func:`resnext.benchmarking.write_jpegs`) to an image folder under ``--dir`` (default: a temporary
 folder on the disk of the system's temp dir), packs them with ``resnext pack``'s code, then
 times one epoch of the ImageNet train pipeline (decode, random-resized crop to 224, flip,
 colour jitter, PCA lighting, normalise; batches of 32) from each, with 0..N loader workers:
@@ -26,25 +26,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from resnext.benchmarking import cpu_name, imagenet_train_config, write_jpegs
 from resnext.config import DataConfig
 from resnext.data import LoaderOrder, build_splits, make_loader, set_loader_epoch
 from resnext.data.pack import pack_dataset, parse_size
 from resnext.data.shards import Shard, import_webdataset, read_index, read_shard
 from resnext.table import format_table
-
-sys.path.insert(0, str(Path(__file__).parent))
-from data_pipeline import data_config, write_jpegs  # a sibling script, not a package
 
 
 def evict(files: list[Path]) -> float | None:
@@ -160,7 +156,7 @@ def main() -> None:
         packed = tmp_path / "packed"
         t0 = time.perf_counter()
         pack_dataset(
-            data_config(root, "imagefolder", 0),
+            imagenet_train_config(root, "imagefolder", 0),
             packed,
             shard_bytes=parse_size(args.shard_size),
             workers=max(args.workers),
@@ -185,19 +181,12 @@ def main() -> None:
         for label, name, where, files in sources:
             for w in args.workers:
                 cold, share, warm = timed_passes(
-                    data_config(where, name, w), files, args.batch_size
+                    imagenet_train_config(where, name, w), files, args.batch_size
                 )
                 rows.append([label, w, f"{cold:.1f}", percent(share), f"{warm:.1f}"])
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
-        f"({cpu}); ImageNet train pipeline, batch {args.batch_size}; pack took "
+        f"({cpu_name()}); ImageNet train pipeline, batch {args.batch_size}; pack took "
         f"{pack_seconds:.1f} s; cold = posix_fadvise(DONTNEED) on the files"
     )
     print(format_table(rows))

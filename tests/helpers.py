@@ -79,17 +79,6 @@ def tiny_checkpoint(
     return path
 
 
-def randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
-    """BN statistics and affine parameters away from their initial values (so that folding
-    them into the convolutions is really exercised)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.3)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-
 
 SMALL_TEST = "data.test_fraction=0.03"  # 50 of the 1,797 digits: keeps the tests fast
 

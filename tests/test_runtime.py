@@ -3,6 +3,7 @@ notion, and the error family's command-line behaviour."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 import resnext.models
-from resnext import cli, runtime
+from resnext import EvalOptions, RuntimeOptions, cli, runtime
+from resnext.commands.common import add_runtime_options, runtime_from_args
 from resnext.errors import ConfigError, DataError, ResnextError, TrainingError, WeightsError
 
 
@@ -177,3 +179,32 @@ def test_models_import_only_torch_and_the_standard_library() -> None:
                 for name in names:
                     top = (name if isinstance(name, str) else name.name).split(".")[0]
                     assert top == "torch" or top in sys.stdlib_module_names, (f.name, top)
+
+
+def test_an_onnx_file_runs_on_the_cpu_unless_a_device_was_named() -> None:
+    assert RuntimeOptions().for_onnx() == RuntimeOptions(device="cpu")
+    assert RuntimeOptions(device=None, precision="bf16").for_onnx().device == "cpu"
+    named = RuntimeOptions(device="cuda:1", backend="eager")
+    assert named.device_named and named.for_onnx() == named  # kept, and refused where it runs
+
+
+def test_runtime_options_from_the_command_line() -> None:
+    p = argparse.ArgumentParser()
+    add_runtime_options(p)
+    args = p.parse_args(["--device", "cpu", "--precision", "bf16", "--backend", "eager"])
+    assert runtime_from_args(args) == RuntimeOptions("cpu", "bf16", "eager")
+    assert runtime_from_args(p.parse_args([])) == RuntimeOptions()
+    bench = argparse.ArgumentParser()
+    add_runtime_options(bench, device_only=True)  # bench measures every back-end and precision
+    assert runtime_from_args(bench.parse_args(["--device", "cpu"])) == RuntimeOptions("cpu")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--precision", "bf16"])
+
+
+def test_eval_options_are_checked_when_made() -> None:
+    assert EvalOptions("a.pt").checkpoints == ("a.pt",)
+    assert EvalOptions(["a.pt", Path("b.pt")], data=None).data == {}  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="split must be test or val, got 'train'"):
+        EvalOptions("a.pt", split="train")
+    with pytest.raises(ConfigError, match="batch size must be at least 1, got 0"):
+        EvalOptions("a.pt", batch_size=0)

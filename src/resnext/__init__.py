@@ -2,8 +2,16 @@
 
 from .data import Preprocess
 from .errors import ConfigError, DataError, ResnextError, TrainingError, WeightsError
-from .inference import Classifier, EvalReport, evaluate, imagenet_classes
+from .inference import (
+    Classifier,
+    EvalOptions,
+    EvalReport,
+    evaluate,
+    imagenet_classes,
+    prepare_evaluation,
+)
 from .models import ResNeXt, convert_block_form, create_model, list_models, measure
+from .runtime import RuntimeOptions
 
 __version__ = "0.1.0"
 
@@ -11,10 +19,12 @@ __all__ = [
     "Classifier",
     "ConfigError",
     "DataError",
+    "EvalOptions",
     "EvalReport",
     "Preprocess",
     "ResNeXt",
     "ResnextError",
+    "RuntimeOptions",
     "TrainingError",
     "WeightsError",
     "__version__",
@@ -24,4 +34,5 @@ __all__ = [
     "imagenet_classes",
     "list_models",
     "measure",
+    "prepare_evaluation",
 ]

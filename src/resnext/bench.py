@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .benchmarking import median_seconds, randomise_bn
 from .models import create_model, default_input_size, measure
 from .runtime import autocast, cpu_has_native_bf16
 
@@ -49,31 +48,6 @@ class BenchRow:
     @property
     def seconds_per_batch(self) -> float:
         return self.batch / self.img_per_s
-
-
-def cpu_name() -> str:
-    """The CPU's model name and the flags that decide the fast path."""
-    name, flags = platform.processor() or "unknown CPU", set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and name in ("", "unknown CPU", platform.machine()):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{name} ({', '.join(shown) or 'no AVX2'})"
-
-
-def median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
-    """The median wall time of ``repeat`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, repeat: int = 5) -> float:
@@ -149,7 +123,7 @@ def bench_model(
     size = default_input_size(name)
     model = create_model(name).eval()
     macs = measure(model, size).flops
-    _random_bn_statistics(model)  # so that folding them is real work, as with trained weights
+    randomise_bn(model)  # so that folding BN is real work, as with trained weights
     model.to(device)
     x = torch.randn(batch, 3, size, size, device=device)
     xc = x.contiguous(memory_format=torch.channels_last)  # made outside inference mode
@@ -208,14 +182,6 @@ def bench_model(
             step = _train_step(copy.deepcopy(model), xc, device, "fp32", compiled=True)
             run("ours train step compiled channels_last", "fp32", step, kind="train")
     return rows
-
-
-def _random_bn_statistics(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
 def _autocast_call(model: nn.Module, x: torch.Tensor, device: torch.device, precision: str):

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 import warnings
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -57,6 +58,35 @@ def resolve_device(name: str | torch.device | None = "auto", what: str = "device
     if index >= count:
         raise ConfigError(f"{what}={name!r} but only {count} GPU(s) are visible (cuda:0..)")
     return torch.device("cuda", index)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How and where a model runs for inference: one choice that ``Classifier``, ``eval``,
+    ``predict``, ``serve`` and ``bench`` share (``--device``, ``--precision``, ``--backend``).
+
+    The values are checked where they are used (:func:`resolve_device`,
+    :func:`check_precision`, the back-ends), each error naming the option.
+    """
+
+    device: str | torch.device | None = "auto"  # auto (CUDA if present) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # what the forward pass computes in: fp32 | bf16 | fp16 (autocast)
+    backend: str = "auto"  # auto | eager | compile | onnxruntime (resnext.inference.backends)
+
+    @property
+    def device_named(self) -> bool:
+        """Whether a device was asked for (rather than left to ``auto``)."""
+        return self.device not in (None, "auto")
+
+    def resolve_device(self, what: str = "device") -> torch.device:
+        """The device these options run on (see :func:`resolve_device`)."""
+        return resolve_device(self.device, what=what)
+
+    def for_onnx(self) -> RuntimeOptions:
+        """These options for an exported ``.onnx`` file: it runs in onnxruntime on the CPU,
+        so ``auto`` must not pick a GPU for it; a device that was named is kept (and refused
+        there if it is not the CPU)."""
+        return self if self.device_named else replace(self, device="cpu")
 
 
 def _is_cuda_index(name: str) -> bool:

@@ -11,6 +11,7 @@ import torch
 
 import resnext
 from helpers import DIGITS_PRE, SMALL_TEST, TINY, direct_probs, tiny_checkpoint
+from resnext import RuntimeOptions
 from resnext.cli import main
 from resnext.models import create_model
 from resnext.weights import (
@@ -107,7 +108,7 @@ def test_the_command_writes_a_checkpoint_that_eval_and_the_classifier_load(
     assert all(f"  {p} (trained weights)" in printed for p in three)
     assert f"wrote {out}" in printed
     expected = average_checkpoints(three)["model"]
-    clf = resnext.Classifier.from_checkpoint(out, device="cpu")
+    clf = resnext.Classifier.from_checkpoint(out, runtime=RuntimeOptions(device="cpu"))
     assert clf.classes == [str(i) for i in range(10)]
     for key, value in clf.model.state_dict().items():
         assert torch.equal(value, expected[key]), key
@@ -185,7 +186,9 @@ def test_a_safetensors_output_is_a_model_file_and_an_input_is_never_replaced(
     assert main(["average", *map(str, three), "-o", str(out)]) == 0
     assert (tmp_path / "soup.json").is_file()
     averaged = average_checkpoints(three)
-    clf = resnext.Classifier.from_checkpoint(out, device="cpu")  # read as a model file
+    clf = resnext.Classifier.from_checkpoint(
+        out, runtime=RuntimeOptions(device="cpu")
+    )  # read as a model file
     for k, v in averaged["model"].items():
         assert torch.equal(clf.model.state_dict()[k], v), k
     before = three[0].read_bytes()

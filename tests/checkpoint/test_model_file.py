@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import DIGITS_PRE, TINY
-from resnext import Classifier, create_model
+from resnext import Classifier, RuntimeOptions, create_model
 from resnext.cli import main
 from resnext.data import DIGITS_CLASSES
 from resnext.errors import WeightsError
@@ -42,7 +42,7 @@ def test_written_and_read_back_exactly(tmp_path: Path) -> None:
     again = model_from_checkpoint(ckpt)
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
-    clf = Classifier.from_checkpoint(path, device="cpu")
+    clf = Classifier.from_checkpoint(path, runtime=RuntimeOptions(device="cpu"))
     x = torch.rand(2, 3, 32, 32)
     normalised = (x - torch.tensor(DIGITS_PRE["mean"])[:, None, None]) / torch.tensor(
         DIGITS_PRE["std"]

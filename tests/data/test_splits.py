@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import tiny_run, write_image_tree, write_jpeg
+from resnext import EvalOptions, RuntimeOptions
 from resnext.cli import main
 from resnext.config import ConfigError, DataConfig, load_config
 from resnext.data import DataError, build_raw_splits, splitting
@@ -167,7 +168,9 @@ def test_the_run_records_its_split_and_eval_uses_it(
     assert load_config(run / "config.yaml").data.split_file is None  # the recipe is unchanged
 
     best = str(run / "best.pt")
-    ev = prepare_evaluation(best, device="cpu", backend="eager")
+    ev = prepare_evaluation(
+        EvalOptions(best, runtime=RuntimeOptions(device="cpu", backend="eager"))
+    )
     assert _rel(ev.dataset.paths, data) == record.files["test"]
     assert _eval_json(tmp_path, best)["members"][0]["num_images"] == 9
 
@@ -175,7 +178,9 @@ def test_the_run_records_its_split_and_eval_uses_it(
     for k in range(5):
         write_jpeg(data / "accordion" / f"new_{k}.jpg", seed=700 + k)
     assert build_raw_splits(_cfg(data, test_fraction=0.3)).info["split_record"] != record
-    ev = prepare_evaluation(best, device="cpu", backend="eager")
+    ev = prepare_evaluation(
+        EvalOptions(best, runtime=RuntimeOptions(device="cpu", backend="eager"))
+    )
     assert _rel(ev.dataset.paths, data) == record.files["test"]
     assert any("5 image(s) under data.root are in no split recorded" in n for n in ev.notes)
     capsys.readouterr()
@@ -195,14 +200,17 @@ def test_the_run_records_its_split_and_eval_uses_it(
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(best, alone / "best.pt")
-    ev = prepare_evaluation(str(alone / "best.pt"), device="cpu", backend="eager")
+    ev = prepare_evaluation(
+        EvalOptions(str(alone / "best.pt"), runtime=RuntimeOptions(device="cpu", backend="eager"))
+    )
     assert any(re.search(r"no splits.json next to .* carved again", n) for n in ev.notes)
     # ... and data.split_file names the record explicitly
     ev = prepare_evaluation(
-        str(alone / "best.pt"),
-        data={"split_file": str(run / SPLITS_FILE)},
-        device="cpu",
-        backend="eager",
+        EvalOptions(
+            str(alone / "best.pt"),
+            data={"split_file": str(run / SPLITS_FILE)},
+            runtime=RuntimeOptions(device="cpu", backend="eager"),
+        )
     )
     assert _rel(ev.dataset.paths, data) == record.files["test"]
 

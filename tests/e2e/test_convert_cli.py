@@ -13,6 +13,7 @@ import torchvision
 
 import resnext
 import t7write as tw
+from resnext import RuntimeOptions
 from resnext.cli import main
 from resnext.data import Preprocess
 from resnext.weights import load_checkpoint, model_from_checkpoint
@@ -38,7 +39,9 @@ def test_a_torch7_release_file_becomes_a_model_file_with_the_authors_preprocessi
     meta = json.loads((tmp_path / "m.json").read_text())
     assert Preprocess.from_dict(meta["preprocess"]).crop_offset == "ceil"
     assert meta["source"]["format"] == "t7" and meta["source"]["file"] == src.name
-    clf = resnext.Classifier.from_checkpoint(tmp_path / "m.safetensors", device="cpu")
+    clf = resnext.Classifier.from_checkpoint(
+        tmp_path / "m.safetensors", runtime=RuntimeOptions(device="cpu")
+    )
     assert clf.classes == [str(i) for i in range(10)] and clf.preprocess.interpolation == "bicubic"
 
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import resnext as resnext_api
+from resnext import EvalOptions
 from resnext.data.digits import digits_splits
 
 pytestmark = pytest.mark.slow
@@ -58,7 +59,7 @@ def test_eval_reproduces_and_predict_names_the_digits(demo_run: Path, tmp_path: 
     member = json.loads((tmp_path / "e.json").read_text())["members"][0]
     assert member["top1"] == pytest.approx(test["test_top1"], abs=1e-9)
     # The same evaluation from Python: the numbers `resnext eval` printed.
-    report = resnext_api.evaluate(demo_run / "best.pt")
+    report = resnext_api.evaluate(EvalOptions(demo_run / "best.pt"))
     assert report.final.num_images == 359 and report.members[0].name == str(demo_run / "best.pt")
     for key in ("top1", "top5", "loss"):
         assert getattr(report.final, key) == pytest.approx(member[key], abs=1e-9), key

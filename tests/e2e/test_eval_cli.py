@@ -10,7 +10,7 @@ import torch
 
 import resnext
 from helpers import SMALL_TEST, TINY, direct_probs, tiny_checkpoint, tiny_run
-from resnext import create_model
+from resnext import EvalOptions, RuntimeOptions, create_model
 from resnext.cli import main
 from resnext.commands import eval as eval_cmd
 
@@ -54,7 +54,13 @@ def test_evaluate_from_python_is_what_the_command_prints(tmp_path: Path) -> None
     a, b = tiny_checkpoint(tmp_path / "a.pt"), tiny_checkpoint(tmp_path / "b.pt", seed=1)
     cli = run_json(tmp_path, str(a), str(b), "--ten-crop", "--resize", "36")
     report = resnext.evaluate(
-        [a, b], data={"test_fraction": 0.03}, ten_crop=True, resize=36, device="cpu"
+        EvalOptions(
+            [a, b],
+            data={"test_fraction": 0.03},
+            ten_crop=True,
+            resize=36,
+            runtime=RuntimeOptions(device="cpu"),
+        )
     )
     assert report.to_dict() == json.loads(json.dumps(cli))
     assert report.ensemble is not None and report.final.num_images == cli["ensemble"]["num_images"]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from helpers import tiny_checkpoint
-from resnext import Classifier, create_model
+from resnext import Classifier, RuntimeOptions, create_model
 from resnext.cli import main
 from resnext.config import from_dict
 from resnext.data import DIGITS_CLASSES, Preprocess, build_splits
@@ -39,7 +39,7 @@ def test_predict_json_matches_the_model_on_eval_tensors(tmp_path, capsys, digits
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["errors"] == [] and len(out["predictions"]) == 6
-    clf = Classifier.from_checkpoint(ckpt, device="cpu")
+    clf = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu"))
     with torch.no_grad():
         want = clf.model(x).softmax(1)
     for i, pred in enumerate(out["predictions"]):
@@ -109,7 +109,9 @@ def test_plain_weights_with_a_model_name(tmp_path, capsys, digits_pngs) -> None:
     assert main([*argv, str(folder), "--topk", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)["predictions"]
     # The default CIFAR-family preprocessing: 32x32, ImageNet mean/std.
-    clf = Classifier(model, [str(i) for i in range(10)], Preprocess(32), device="cpu")
+    clf = Classifier(
+        model, [str(i) for i in range(10)], Preprocess(32), runtime=RuntimeOptions(device="cpu")
+    )
     want = clf.predict(sorted(folder.glob("*.png")), topk=1)
     assert [p["topk"][0]["class"] for p in out] == [w[0][0] for w in want]
 

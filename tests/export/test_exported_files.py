@@ -17,7 +17,7 @@ from PIL import Image
 
 import resnext
 from helpers import DIGITS_PRE, tiny_checkpoint
-from resnext import ConfigError, WeightsError, create_model
+from resnext import ConfigError, EvalOptions, RuntimeOptions, WeightsError, create_model
 from resnext.cli import main
 from resnext.config import from_dict
 from resnext.data import DIGITS_CLASSES, Preprocess, build_splits
@@ -110,8 +110,12 @@ def test_classifier_on_the_onnx_file_predicts_like_the_checkpoint(onnx_export, d
     model, classes, pre = load_onnx(path)
     assert isinstance(model, OnnxModel) and list(model.parameters()) == []
     assert classes == list(DIGITS_CLASSES) and pre == Preprocess.from_dict(DIGITS_PRE)
-    got = Classifier(model, classes, pre, device="cpu").predict(digits_pngs, topk=3)
-    want = Classifier.from_checkpoint(ckpt, device="cpu").predict(digits_pngs, topk=3)
+    got = Classifier(model, classes, pre, runtime=RuntimeOptions(device="cpu")).predict(
+        digits_pngs, topk=3
+    )
+    want = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu")).predict(
+        digits_pngs, topk=3
+    )
     for g, w in zip(got, want, strict=True):
         assert [c for c, _ in g] == [c for c, _ in w]
         np.testing.assert_allclose([p for _, p in g], [p for _, p in w], rtol=0, atol=1e-5)
@@ -221,12 +225,16 @@ def test_eval_runs_an_onnx_file_on_the_cpu_even_where_auto_would_pick_a_gpu(
     ckpt, path, _ = onnx_export
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    ev = prepare_evaluation(path, data={"test_fraction": 0.03})  # device="auto"
+    ev = prepare_evaluation(EvalOptions(path, data={"test_fraction": 0.03}))  # device="auto"
     monkeypatch.undo()
     assert ev.members[0].classifier.device == torch.device("cpu")
     assert isinstance(ev.members[0].classifier.model, OnnxModel)
-    report = resnext.evaluate(path, data={"test_fraction": 0.03}, device="cpu")
-    want = resnext.evaluate(ckpt, data={"test_fraction": 0.03}, device="cpu")
+    report = resnext.evaluate(
+        EvalOptions(path, data={"test_fraction": 0.03}, runtime=RuntimeOptions(device="cpu"))
+    )
+    want = resnext.evaluate(
+        EvalOptions(ckpt, data={"test_fraction": 0.03}, runtime=RuntimeOptions(device="cpu"))
+    )
     assert report.final.top1 == want.final.top1
     assert report.final.loss == pytest.approx(want.final.loss, abs=1e-5)
 

@@ -5,17 +5,20 @@ each is refused, with the reason, where it cannot run."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-from helpers import DIGITS_PRE, randomise_bn, tiny_checkpoint
-from resnext import Classifier
+from helpers import DIGITS_PRE, tiny_checkpoint
+from resnext import Classifier, RuntimeOptions
+from resnext.benchmarking import randomise_bn
 from resnext.cli import main
 from resnext.data import Preprocess
 from resnext.errors import ConfigError
-from resnext.inference.backends import weights_digest
+from resnext.inference.backends import choose_backend, missing_onnx_modules, weights_digest
 
 pytest.importorskip("onnxruntime")
 
@@ -31,10 +34,14 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 )
 def test_each_backend_gives_the_models_probabilities(tmp_path: Path, backend: str) -> None:
     ckpt = tiny_checkpoint(tmp_path / "c.pt", seed=4)
-    model = Classifier.from_checkpoint(ckpt, device="cpu", backend="eager").model
+    model = Classifier.from_checkpoint(
+        ckpt, runtime=RuntimeOptions(device="cpu", backend="eager")
+    ).model
     randomise_bn(model, seed=1)
     pre = Preprocess.from_dict(DIGITS_PRE)
-    clf = Classifier(model, list("0123456789"), pre, device="cpu", backend=backend)
+    clf = Classifier(
+        model, list("0123456789"), pre, runtime=RuntimeOptions(device="cpu", backend=backend)
+    )
     assert clf.backend == backend and clf.runner is not model
     x = torch.stack([clf.to_tensor(image) for image in torch.rand(7, 3, 32, 32)])
     with torch.inference_mode():
@@ -49,18 +56,20 @@ def test_each_backend_gives_the_models_probabilities(tmp_path: Path, backend: st
 
 def test_onnxruntime_exports_once_per_weights(tmp_path: Path, _cache) -> None:
     ckpt = tiny_checkpoint(tmp_path / "c.pt", seed=4)
-    Classifier.from_checkpoint(ckpt, device="cpu", backend="onnxruntime")
+    Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu", backend="onnxruntime"))
     (cached,) = list(_cache.glob("*.onnx"))
     assert cached.name.startswith("resnext29_2x4d-")
-    eager = Classifier.from_checkpoint(ckpt, device="cpu", backend="eager")
+    eager = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu", backend="eager"))
     stamp = cached.stat().st_mtime_ns
-    Classifier.from_checkpoint(ckpt, device="cpu", backend="onnxruntime")  # same weights
+    Classifier.from_checkpoint(
+        ckpt, runtime=RuntimeOptions(device="cpu", backend="onnxruntime")
+    )  # same weights
     assert cached.stat().st_mtime_ns == stamp and len(list(_cache.glob("*.onnx"))) == 1
     other = tiny_checkpoint(tmp_path / "d.pt", seed=5)  # other weights: another export
-    Classifier.from_checkpoint(other, device="cpu", backend="onnxruntime")
+    Classifier.from_checkpoint(other, runtime=RuntimeOptions(device="cpu", backend="onnxruntime"))
     assert len(list(_cache.glob("*.onnx"))) == 2
     assert weights_digest(eager.model) != weights_digest(
-        Classifier.from_checkpoint(other, device="cpu").model
+        Classifier.from_checkpoint(other, runtime=RuntimeOptions(device="cpu")).model
     )
 
 
@@ -81,9 +90,11 @@ def test_eval_with_onnxruntime_reports_eagers_numbers(tmp_path: Path, capsys) ->
 def test_onnxruntime_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path / "c.pt")
     with pytest.raises(ConfigError, match="precision bf16 runs eager"):
-        Classifier.from_checkpoint(ckpt, device="cpu", precision="bf16", backend="onnxruntime")
+        Classifier.from_checkpoint(
+            ckpt, runtime=RuntimeOptions(device="cpu", precision="bf16", backend="onnxruntime")
+        )
     with pytest.raises(ConfigError, match="back-end must be one of auto, eager, compile, onnx"):
-        Classifier.from_checkpoint(ckpt, device="cpu", backend="tensorrt")
+        Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu", backend="tensorrt"))
 
 
 def test_auto_falls_back_to_eager_where_the_cache_cannot_be_written(
@@ -94,14 +105,45 @@ def test_auto_falls_back_to_eager_where_the_cache_cannot_be_written(
     monkeypatch.setenv("RESNEXT_CACHE", str(blocker))
     ckpt = tiny_checkpoint(tmp_path / "c.pt")
     with pytest.warns(UserWarning, match="back-end auto: .*running eager instead"):
-        clf = Classifier.from_checkpoint(ckpt, device="cpu")  # backend="auto"
+        clf = Classifier.from_checkpoint(
+            ckpt, runtime=RuntimeOptions(device="cpu")
+        )  # backend="auto"
     assert clf.backend == "eager"
     with pytest.raises(ConfigError, match="cannot create the output folder"):
-        Classifier.from_checkpoint(ckpt, device="cpu", backend="onnxruntime")
+        Classifier.from_checkpoint(
+            ckpt, runtime=RuntimeOptions(device="cpu", backend="onnxruntime")
+        )
 
 
 def test_auto_runs_fp32_in_onnxruntime_and_bf16_eager(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path / "c.pt")
-    assert Classifier.from_checkpoint(ckpt, device="cpu").backend == "onnxruntime"
-    bf16 = Classifier.from_checkpoint(ckpt, device="cpu", precision="bf16")
+    assert (
+        Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu")).backend
+        == "onnxruntime"
+    )
+    bf16 = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu", precision="bf16"))
     assert bf16.backend == "eager"
+
+
+def test_auto_without_onnxscript_names_it_and_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """onnx and onnxruntime installed, onnxscript not (its import made to fail): the
+    fallback to eager names onnxscript, not onnxruntime, with the pip command."""
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` now fails
+    with pytest.raises(ImportError):
+        import onnxscript  # noqa: F401
+    assert missing_onnx_modules() == ["onnxscript"]
+    name, why = choose_backend(torch.device("cpu"), "fp32")
+    assert name == "eager" and why.startswith("onnxscript not installed")
+    assert "(pip install onnxscript)" in why and "1.1-1.5x eager" in why
+    assert "onnxruntime not installed" not in why and "onnxruntime is not installed" not in why
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "x.png")
+    assert main(["predict", str(ckpt), str(tmp_path / "x.png"), "--device", "cpu"]) == 0
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith("resnext predict: eager back-end (onnxscript not installed, ")
+    assert "pip install onnxscript" in line and line.endswith("fp32, cpu")
+    # an explicit back-end is what was asked for: no note
+    clf = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu", backend="eager"))
+    assert clf.backend_line == "eager back-end"

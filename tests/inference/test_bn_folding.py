@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import TINY, randomise_bn
+from helpers import TINY
+from resnext.benchmarking import randomise_bn
 from resnext.inference.optimize import EagerRunner, fold_batchnorm
 from resnext.models import create_model
 
@@ -32,7 +33,13 @@ def test_folded_model_equals_the_model_for_each_block_form(form: str) -> None:
     x = torch.randn(4, 3, 32, 32)
     with torch.inference_mode():
         expected = model.eval()(x)
-        torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
+        # The folding itself is exact: in float64 the folded copy agrees to rounding.
+        exact = fold_batchnorm(model.double())(x.double())
+        torch.testing.assert_close(exact, model(x.double()), rtol=1e-12, atol=1e-12)
+        model.float()
+        # In float32 the folded convolutions round differently; on an AVX2-only CPU (Zen 3)
+        # form (b) reached 6e-5 at an output of 1.5 (4e-5 relative), so the bound is 1e-4.
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)
         runner = EagerRunner(model, torch.device("cpu"))
         # channels_last kernels sum in another order: a few 1e-5 relative
         torch.testing.assert_close(runner(x), expected, rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ from PIL import Image
 
 import resnext
 from helpers import tiny_checkpoint
-from resnext import Classifier, create_model
+from resnext import Classifier, RuntimeOptions, create_model
 from resnext.config import from_dict
 from resnext.data import DIGITS_CLASSES, Preprocess, build_splits, load_image
 from resnext.inference import ImageError, imagenet_classes
@@ -36,7 +36,7 @@ def test_imagenet_class_names_are_the_synset_lemmas() -> None:
 
 def test_predict_uses_exactly_the_eval_preprocessing(tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path / "c.pt", classes=list(DIGITS_CLASSES))
-    clf = Classifier.from_checkpoint(ckpt, device="cpu")
+    clf = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu"))
     assert resnext.Classifier is Classifier
     splits = build_splits(from_dict({"data": {"test_fraction": 0.05}}).data)
     raw = splits.test.base  # uint8 (3, 32, 32) digits
@@ -60,7 +60,9 @@ def test_predict_uses_exactly_the_eval_preprocessing(tmp_path: Path) -> None:
 
 
 def test_a_batch_tensor_is_many_images(tmp_path: Path) -> None:
-    clf = Classifier.from_checkpoint(tiny_checkpoint(tmp_path / "c.pt"), device="cpu")
+    clf = Classifier.from_checkpoint(
+        tiny_checkpoint(tmp_path / "c.pt"), runtime=RuntimeOptions(device="cpu")
+    )
     batch = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     together = clf.predict_proba(batch, batch_size=2)
     alone = torch.cat([clf.predict_proba(b) for b in batch])
@@ -78,7 +80,9 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
-    clf = Classifier.from_checkpoint(tiny_checkpoint(tmp_path / "c.pt"), device="cpu")
+    clf = Classifier.from_checkpoint(
+        tiny_checkpoint(tmp_path / "c.pt"), runtime=RuntimeOptions(device="cpu")
+    )
     (tmp_path / "x.png").write_text("not an image")
     with pytest.raises(ImageError, match=r"x\.png"):
         clf.predict(tmp_path / "x.png")
@@ -96,7 +100,10 @@ def test_from_weights_reads_the_class_count_and_uses_imagenet_names(tmp_path: Pa
     model = create_model("resnext29_2x4d", num_classes=1000)
     torch.save(model.state_dict(), tmp_path / "w.pth")
     clf = Classifier.from_weights(
-        "resnext29_2x4d", tmp_path / "w.pth", preprocess={"mean": (0.5,) * 3}, device="cpu"
+        "resnext29_2x4d",
+        tmp_path / "w.pth",
+        preprocess={"mean": (0.5,) * 3},
+        runtime=RuntimeOptions(device="cpu"),
     )
     assert clf.num_classes == 1000 and clf.classes[0] == "tench, Tinca tinca"
     assert clf.preprocess == Preprocess(32, None, "bilinear", (0.5,) * 3, (0.229, 0.224, 0.225))

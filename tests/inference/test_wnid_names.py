@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import VAL, tiny_checkpoint, tiny_run, write_tiny_imagenet
-from resnext import Classifier
+from resnext import Classifier, RuntimeOptions
 from resnext.cli import main
 from resnext.inference import imagenet_classes
 from resnext.inference.classes import WNID, imagenet_wnids, readable_names, with_id
@@ -53,7 +53,7 @@ def test_readable_names_name_wnids_and_leave_the_rest() -> None:
 def test_classifier_predicts_the_ids_and_names_them(tmp_path: Path) -> None:
     wnids = ["n01443537", "n02124075", "n03126707"]
     ckpt = tiny_checkpoint(tmp_path / "c.pt", num_classes=3, classes=wnids)
-    clf = Classifier.from_checkpoint(ckpt, device="cpu", backend="eager")
+    clf = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(device="cpu", backend="eager"))
     assert clf.classes == wnids
     assert clf.names == ["goldfish, Carassius auratus", "Egyptian cat", "crane"]
     top = clf.predict(torch.zeros(3, 32, 32, dtype=torch.uint8), topk=3)

@@ -23,6 +23,7 @@ from PIL import Image
 from torch import nn
 
 from helpers import tiny_checkpoint
+from resnext import RuntimeOptions
 from resnext.cli import main
 from resnext.inference import Classifier
 from resnext.serve import ServeSettings, create_app
@@ -147,7 +148,9 @@ class Gate(nn.Module):
 
 @pytest.fixture
 def gated(tmp_path: Path) -> tuple[Classifier, Gate]:
-    clf = Classifier.from_checkpoint(tiny_checkpoint(tmp_path / "c.pt"), backend="eager")
+    clf = Classifier.from_checkpoint(
+        tiny_checkpoint(tmp_path / "c.pt"), runtime=RuntimeOptions(backend="eager")
+    )
     gate = Gate(clf.runner)
     clf.runner = gate
     return clf, gate
@@ -230,7 +233,9 @@ def test_an_internal_error_is_a_500_whose_request_id_is_in_the_log(
 
 
 def test_a_failed_warm_up_keeps_readyz_503_with_the_reason(tmp_path: Path) -> None:
-    clf = Classifier.from_checkpoint(tiny_checkpoint(tmp_path / "c.pt"), backend="eager")
+    clf = Classifier.from_checkpoint(
+        tiny_checkpoint(tmp_path / "c.pt"), runtime=RuntimeOptions(backend="eager")
+    )
 
     def broken(x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("out of memory")
@@ -298,7 +303,7 @@ def test_wordnet_classes_answer_their_id_and_name_as_resnext_predict_does(
     assert main([*argv, "--no-progress"]) == 0
     want = json.loads(capsys.readouterr().out)["predictions"][0]["topk"]
     assert {p["class"] for p in want} == set(wnids)
-    clf = Classifier.from_checkpoint(ckpt, backend="eager")
+    clf = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(backend="eager"))
     with running(create_app(clf, ServeSettings(), source=str(ckpt))) as client:
         wait_ready(client)
         info = client.get("/v1/model").json()

@@ -7,11 +7,12 @@ import sys
 
 import torch
 
-from ..bench import BenchRow, bench_model, cpu_name, matmul_ceiling, precisions
+from ..bench import BenchRow, bench_model, matmul_ceiling, precisions
+from ..benchmarking import cpu_name
 from ..errors import ConfigError
 from ..models import create_model
-from ..runtime import resolve_device
 from ..table import format_table
+from .common import add_runtime_options, runtime_from_args
 
 DEFAULT_MODELS = ("resnext50_32x4d", "resnext29_8x64d")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--repeat", type=int, default=5, help="timed batches per path (median)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_runtime_options(p, device_only=True)  # every back-end and precision is measured
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
     p.add_argument("--no-train", action="store_true", help="skip the training step")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device, what="--device")
+    device = runtime_from_args(args).resolve_device(what="--device")
     where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     print(f"device {device}: {where}{threads}; torch {torch.__version__}")

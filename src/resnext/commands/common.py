@@ -1,12 +1,12 @@
 """Argument-parsing pieces shared by the sub-commands that load a model (eval, predict,
-serve)."""
+serve) or measure one (bench)."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..inference.backends import BACKENDS
-from ..runtime import PRECISIONS
+from ..runtime import PRECISIONS, RuntimeOptions
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -34,13 +34,21 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def add_runtime_options(p: argparse.ArgumentParser) -> None:
-    """--backend, --precision, --device: how and where the model runs."""
+def add_runtime_options(p: argparse.ArgumentParser, device_only: bool = False) -> None:
+    """--backend, --precision, --device: how and where the model runs (``device_only``:
+    --device alone, for bench, which measures every back-end and precision);
+    :func:`runtime_from_args` reads them back."""
+    if not device_only:
+        _add_backend_and_precision(p)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def _add_backend_and_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="auto (onnxruntime for fp32 on the CPU where installed, else eager); eager "
+        help="auto (onnxruntime for fp32 on the CPU, else eager); eager "
         "(PyTorch, BN folded, channels_last); compile (torch.compile: fastest for long "
         "jobs, tens of seconds of warm-up per batch shape); onnxruntime (the weights "
         "exported once, cached; fp32, CPU)",
@@ -51,7 +59,17 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
         default="fp32",
         help="forward pass in fp32, or bf16/fp16 autocast (fp16: CUDA only)",
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def runtime_from_args(args: argparse.Namespace) -> RuntimeOptions:
+    """The :class:`~resnext.runtime.RuntimeOptions` of :func:`add_runtime_options`'s
+    arguments (the defaults for those a command does not take)."""
+    default = RuntimeOptions()
+    return RuntimeOptions(
+        device=args.device,
+        precision=getattr(args, "precision", default.precision),
+        backend=getattr(args, "backend", default.backend),
+    )
 
 
 def add_ema_options(p: argparse.ArgumentParser, verb: str) -> None:

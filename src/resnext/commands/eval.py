@@ -1,7 +1,8 @@
 """``resnext eval``: accuracy of checkpoints (or an ensemble of them) on a dataset split.
 
-Parses the arguments, calls :func:`resnext.inference.prepare_evaluation` (what
-``resnext.evaluate`` runs) and prints the report.
+Parses the arguments into :class:`resnext.inference.EvalOptions`, calls
+:func:`resnext.inference.prepare_evaluation` (what ``resnext.evaluate`` runs) and prints
+the report.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from ..config import parse_override
 from ..errors import ConfigError
-from ..inference import prepare_evaluation
+from ..inference import EvalOptions, prepare_evaluation
 from ..inference.classes import readable_names
 from ..inference.report import (
     MAX_CONFUSION_CLASSES,
@@ -24,7 +25,7 @@ from ..inference.report import (
     results_table,
     write_json,
 )
-from .common import IntermixedParser, add_model_options
+from .common import IntermixedParser, add_model_options, runtime_from_args
 
 _OVERRIDE = re.compile(r"^[A-Za-z_]+\.[A-Za-z_]+=")
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         data["name"] = args.data_name
     if args.data_root:
         data["root"] = args.data_root
-    evaluation = prepare_evaluation(
+    options = EvalOptions(
         paths,
         model=args.model,
         weights=args.weights,
@@ -100,12 +101,11 @@ def run(args: argparse.Namespace) -> int:
         crop=args.crop,
         resize=args.resize,
         ema=args.ema,
-        precision=args.precision,
-        backend=args.backend,
-        device=args.device,
+        runtime=runtime_from_args(args),
         batch_size=args.batch_size,
         workers=args.workers,
     )
+    evaluation = prepare_evaluation(options)
     if args.confusion and len(evaluation.classes) > MAX_CONFUSION_CLASSES:
         raise ConfigError(
             f"--confusion draws at most {MAX_CONFUSION_CLASSES} classes and this dataset has "

@@ -17,7 +17,7 @@ from ..data.images import is_image_file
 from ..errors import ConfigError
 from ..inference import Classifier
 from ..inference.classes import with_id
-from .common import IntermixedParser, add_model_options
+from .common import IntermixedParser, add_model_options, runtime_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -74,29 +74,18 @@ def collect(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 
 def load_classifier(args: argparse.Namespace) -> tuple[Classifier, list[str]]:
     """The classifier and the image arguments left over."""
+    runtime = runtime_from_args(args)
     if args.weights or args.model:
         if not (args.weights and args.model):
             raise ConfigError("--model and --weights go together: a registry name and a state dict")
-        clf = Classifier.from_weights(
-            args.model,
-            args.weights,
-            device=args.device,
-            precision=args.precision,
-            backend=args.backend,
-        )
+        clf = Classifier.from_weights(args.model, args.weights, runtime=runtime)
         return clf, list(args.inputs)
     if len(args.inputs) < 2:
         raise ConfigError(
             "give a checkpoint and at least one image or folder: "
             "resnext predict CHECKPOINT IMAGE_OR_FOLDER [...]"
         )
-    clf = Classifier.from_checkpoint(
-        args.inputs[0],
-        use_ema=args.ema,
-        device=args.device,
-        precision=args.precision,
-        backend=args.backend,
-    )
+    clf = Classifier.from_checkpoint(args.inputs[0], use_ema=args.ema, runtime=runtime)
     return clf, list(args.inputs[1:])
 
 
@@ -108,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     clf, inputs = load_classifier(args)
     files, errors = collect(inputs)
     print(  # stderr: stdout stays the predictions (and valid JSON with --json)
-        f"resnext predict: {clf.backend} back-end, {clf.precision}, {clf.device}",
+        f"resnext predict: {clf.backend_line}, {clf.precision}, {clf.device}",
         file=sys.stderr,
     )
     for item, why in errors:

@@ -11,9 +11,25 @@ import sys
 
 from ..errors import ConfigError
 from ..serve.settings import ServeSettings
-from .common import add_ema_options, add_runtime_options
+from .common import add_ema_options, add_runtime_options, runtime_from_args
 
 _DEFAULTS = ServeSettings()
+# The batching and limit options (flag, type, default, help), read back into a ServeSettings
+# by run(); --max-body-mb is max_body_bytes in MB.
+_SETTINGS_OPTIONS = (
+    ("--max-batch", int, _DEFAULTS.max_batch,
+     "most images in one model call (default %(default)s; 1 = no batching)"),
+    ("--max-wait-ms", float, _DEFAULTS.max_wait_ms,
+     "how long a batch's first image waits for others (default %(default)s)"),
+    ("--max-queue", int, _DEFAULTS.max_queue,
+     "images waiting for or in the model; requests beyond get 503 (default %(default)s)"),
+    ("--max-body-mb", float, _DEFAULTS.max_body_bytes / 1e6,
+     "largest request body in MB, 413 above (default %(default)g)"),
+    ("--max-pixels", int, _DEFAULTS.max_pixels,
+     "largest image, width x height, 413 above (default %(default)d)"),
+    ("--max-files", int, _DEFAULTS.max_files,
+     "most images in one multipart request (default %(default)s)"),
+)  # fmt: skip
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,47 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_ema_options(p, "serve")
     add_runtime_options(p)
-    p.add_argument(
-        "--max-batch",
-        type=int,
-        default=_DEFAULTS.max_batch,
-        help="most images in one model call (default %(default)s; 1 = no batching)",
-    )
-    p.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=_DEFAULTS.max_wait_ms,
-        help="how long a batch's first image waits for others (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-queue",
-        type=int,
-        default=_DEFAULTS.max_queue,
-        help="images waiting for or in the model; requests beyond get 503 (default %(default)s)",
-    )
+    for flag, kind, default, text in _SETTINGS_OPTIONS:
+        p.add_argument(flag, type=kind, default=default, help=text)
     p.add_argument(
         "--workers",
         type=int,
         default=1,
         help="server processes, each with its own model copy and batcher (default 1)",
-    )
-    p.add_argument(
-        "--max-body-mb",
-        type=float,
-        default=_DEFAULTS.max_body_bytes / 1e6,
-        help="largest request body in MB, 413 above (default %(default)g)",
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=_DEFAULTS.max_pixels,
-        help="largest image, width x height, 413 above (default %(default)d)",
-    )
-    p.add_argument(
-        "--max-files",
-        type=int,
-        default=_DEFAULTS.max_files,
-        help="most images in one multipart request (default %(default)s)",
     )
     p.set_defaults(run=run)
 
@@ -96,16 +78,10 @@ def run(args: argparse.Namespace) -> int:
     require_dependencies()
     from ..serve.server import ModelSpec, run_server
 
-    spec = ModelSpec(
-        args.model,
-        use_ema=args.ema,
-        backend=args.backend,
-        precision=args.precision,
-        device=args.device,
-    )
+    spec = ModelSpec(args.model, use_ema=args.ema, runtime=runtime_from_args(args))
     clf = spec.load()  # a bad file or option fails here, before anything listens
     print(
-        f"resnext serve: {clf.model.arch.name} from {args.model}: {clf.backend} back-end, "
+        f"resnext serve: {clf.model.arch.name} from {args.model}: {clf.backend_line}, "
         f"{clf.precision}, {clf.device}; batches of up to {settings.max_batch} images, "
         f"waiting up to {settings.max_wait_ms:g} ms",
         file=sys.stderr,

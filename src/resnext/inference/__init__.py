@@ -6,11 +6,12 @@ Nothing here imports the training engine: checkpoints are read through
 
 from .classes import default_class_names, imagenet_classes
 from .classifier import Classifier, ImageError, model_from_weights
-from .evaluate import Evaluation, Member, evaluate, prepare_evaluation
+from .evaluate import EvalOptions, Evaluation, Member, evaluate, prepare_evaluation
 from .metrics import EvalReport, EvalResult, run_metrics
 
 __all__ = [
     "Classifier",
+    "EvalOptions",
     "EvalReport",
     "EvalResult",
     "Evaluation",

@@ -29,21 +29,53 @@ from ..errors import ConfigError
 BACKENDS = ("auto", "eager", "compile", "onnxruntime")
 
 
+#: What the onnxruntime back-end imports: onnx and onnxruntime, and onnxscript for the
+#: torch.onnx exporter. All three are dependencies of a plain ``pip install resnext``.
+ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")
+
+
 def choose_backend(device: torch.device, precision: str) -> tuple[str, str]:
     """What ``auto`` runs, and why (the rule, from ``resnext bench`` on a Zen 5 CPU,
     resnext50_32x4d, batch 16, five runs, vs torchvision's default path): onnxruntime for
-    fp32 on the CPU where it is installed (2.9-3.0x; compile 2.0-2.4x, eager 1.8-2.4x); eager
-    for bf16/fp16 (autocast; bf16 eager 4.1-5.0x, compile 4.4-5.5x: -4% to +29% over eager,
-    not worth a ~30 s warm-up per shape by default) and on CUDA (not measured here); eager
-    where onnxruntime is missing."""
+    fp32 on the CPU (2.9-3.0x; compile 2.0-2.4x, eager 1.8-2.4x); eager for bf16/fp16
+    (autocast; bf16 eager 4.1-5.0x, compile 4.4-5.5x: -4% to +29% over eager, not worth a
+    ~30 s warm-up per shape by default) and on CUDA (not measured here); eager where a module
+    onnxruntime needs is missing, the reason then naming it and what to install."""
     if device.type != "cpu":
         return "eager", f"{device.type}: eager"
     if precision != "fp32":
         return "eager", f"{precision} runs eager (autocast)"
-    # find_spec: whether they are installed, without paying their import here
-    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")):
-        return "eager", "onnxruntime is not installed (pip install 'resnext[export]')"
+    hint = fast_path_missing()
+    if hint is not None:
+        return "eager", hint
     return "onnxruntime", "fp32 on the CPU: onnxruntime is the fastest path measured"
+
+
+def missing_onnx_modules() -> list[str]:
+    """The modules of :data:`ONNX_MODULES` that cannot be imported here."""
+    return [m for m in ONNX_MODULES if not _installed(m)]
+
+
+def fast_path_missing() -> str | None:
+    """None where the onnxruntime back-end can run; else which modules it lacks, the pip
+    command that installs them and what they would bring (fp32 on the CPU)."""
+    missing = missing_onnx_modules()
+    if not missing:
+        return None
+    return (
+        f"{', '.join(missing)} not installed, so not the onnxruntime back-end "
+        f"(pip install {' '.join(missing)}); resnext bench measured it 1.1-1.5x eager for "
+        "fp32 on the CPU"
+    )
+
+
+def _installed(module: str) -> bool:
+    # find_spec: whether it is installed, without paying its import here. A module set to
+    # None in sys.modules (how an import is blocked) is missing too.
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def cache_dir() -> Path:

@@ -4,9 +4,13 @@
 :class:`~resnext.data.Preprocess` record and image loading, so a picture gets exactly the
 preprocessing the model was evaluated with.
 
+Where and how it runs (device, precision, back-end) is one :class:`~resnext.RuntimeOptions`.
+
 Example::
 
     clf = resnext.Classifier.from_checkpoint("runs/demo/best.pt")
+    on_cpu = resnext.RuntimeOptions(device="cpu", backend="eager")
+    clf = resnext.Classifier.from_checkpoint("runs/demo/best.pt", runtime=on_cpu)
     clf.predict(["seven.png"], topk=3)  # [[("7", 0.98), ("1", 0.01), ("9", 0.003)]]
 """
 
@@ -26,7 +30,7 @@ from ..data.images import BadImageError, load_image
 from ..data.preprocess import Preprocess
 from ..errors import WeightsError
 from ..models import ResNeXt, create_model, default_input_size, parse_name
-from ..runtime import autocast, check_precision, resolve_device
+from ..runtime import RuntimeOptions, autocast, check_precision
 from ..weights import (
     add_num_batches_tracked,
     built_to_load,
@@ -37,7 +41,7 @@ from ..weights import (
     read_file,
     selected_ema,
 )
-from .backends import make_backend
+from .backends import fast_path_missing, make_backend
 from .classes import default_class_names, readable_names
 
 ImageInput = str | Path | Image.Image | torch.Tensor
@@ -60,6 +64,7 @@ class Classifier:
 
     Build one with :meth:`from_checkpoint` (a ``resnext train`` checkpoint) or
     :meth:`from_weights` (a registry name and a plain state dict, e.g. torchvision's).
+    ``runtime`` says where and how it runs (default: :class:`~resnext.RuntimeOptions`'s).
     """
 
     def __init__(
@@ -67,11 +72,11 @@ class Classifier:
         model: nn.Module,
         classes: Sequence[str],
         preprocess: Preprocess,
-        device: str | torch.device | None = None,
-        precision: str = "fp32",
-        backend: str = "auto",
+        runtime: RuntimeOptions | None = None,
     ) -> None:
-        self.device = resolve_device(device)
+        self.runtime = runtime = runtime or RuntimeOptions()
+        precision = runtime.precision
+        self.device = runtime.resolve_device()
         check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
@@ -84,12 +89,17 @@ class Classifier:
         # What runs a batch: the model itself (eager), or its cached ONNX export (onnxruntime).
         self.runner, self.backend = make_backend(
             self.model,
-            backend,
+            runtime.backend,
             classes=self.classes,
             preprocess=preprocess,
             device=self.device,
             precision=precision,
         )
+        # Why auto did not get the onnxruntime path where it would have (a module missing).
+        fast_path_asked = runtime.backend == "auto" and self.device.type == "cpu"
+        self.backend_note: str | None = None
+        if fast_path_asked and precision == "fp32" and self.backend == "eager":
+            self.backend_note = fast_path_missing()
         self._transform = preprocess.transform()
         num_out = _num_outputs(model)
         if num_out is not None and num_out != len(self.classes):
@@ -102,9 +112,7 @@ class Classifier:
         cls,
         path: str | Path,
         use_ema: bool | None = None,
-        device: str | torch.device | None = None,
-        precision: str = "fp32",
-        backend: str = "auto",
+        runtime: RuntimeOptions | None = None,
     ) -> Classifier:
         """Load a ``resnext train`` checkpoint, a model file (``.safetensors`` with its JSON,
         from ``resnext convert``/``export``) or an exported ``.onnx`` file (run in
@@ -120,27 +128,16 @@ class Classifier:
                 raise WeightsError(
                     f"{str(path)!r} is an exported model: it holds one set of weights"
                 )
-            # onnxruntime runs on the CPU here: "auto" must not pick a GPU for it.
-            onnx_device = "cpu" if device in (None, "auto") else device
-            return cls(*load_onnx(path), device=onnx_device, precision=precision)
-        return cls.from_checkpoint_dict(
-            load_checkpoint(path),
-            use_ema=use_ema,
-            device=device,
-            precision=precision,
-            path=path,
-            backend=backend,
-        )
+            return cls(*load_onnx(path), (runtime or RuntimeOptions()).for_onnx())
+        return cls.from_checkpoint_dict(load_checkpoint(path), use_ema, runtime, path)
 
     @classmethod
     def from_checkpoint_dict(
         cls,
         ckpt: Mapping[str, Any],
         use_ema: bool | None = None,
-        device: str | torch.device | None = None,
-        precision: str = "fp32",
+        runtime: RuntimeOptions | None = None,
         path: str | Path = "the checkpoint",
-        backend: str = "auto",
     ) -> Classifier:
         """As :meth:`from_checkpoint`, for a checkpoint already read with ``load_checkpoint``."""
         if use_ema is None:
@@ -154,7 +151,7 @@ class Classifier:
                 "is unknown; load it with Classifier.from_weights and give preprocess="
             )
         pre = Preprocess.from_dict(ckpt["preprocess"])
-        return cls(model, classes, pre, device=device, precision=precision, backend=backend)
+        return cls(model, classes, pre, runtime)
 
     @classmethod
     def from_weights(
@@ -163,25 +160,25 @@ class Classifier:
         weights_path: str | Path,
         classes: Sequence[str] | None = None,
         preprocess: Preprocess | Mapping[str, Any] | None = None,
-        device: str | torch.device | None = None,
-        precision: str = "fp32",
-        backend: str = "auto",
+        runtime: RuntimeOptions | None = None,
     ) -> Classifier:
         """A registry model (e.g. ``resnext50_32x4d``) with a plain state dict loaded, every key
         and shape checked. The class count is read from the file's ``fc.weight``; without
         ``classes``, 1,000 outputs get the ImageNet-1k names. ``preprocess`` defaults to the
         family's usual one (ImageNet: resize 256, crop 224, ImageNet mean/std); a dict
         overrides single fields of that default."""
-        return cls(
-            *model_from_weights(name, weights_path, classes, preprocess),
-            device=device,
-            precision=precision,
-            backend=backend,
-        )
+        return cls(*model_from_weights(name, weights_path, classes, preprocess), runtime)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def backend_line(self) -> str:
+        """The back-end that runs, as the commands print it: ``eager back-end``, with what
+        to install where ``auto`` could not take the onnxruntime path."""
+        note = f" ({self.backend_note})" if self.backend_note else ""
+        return f"{self.backend} back-end{note}"
 
     def to_tensor(self, image: ImageInput) -> torch.Tensor:
         """One input -> the preprocessed float ``(C, S, S)`` tensor the model sees.

@@ -1,4 +1,5 @@
-"""Evaluation callable from Python: ``resnext.evaluate(...)`` is what ``resnext eval`` runs.
+"""Evaluation callable from Python: ``prepare_evaluation(EvalOptions(...)).run()`` is what
+``resnext eval`` runs; :class:`EvalOptions` holds every choice, written once.
 
 Test modes of the paper (Sec. 4): one centre crop (resize R -> crop S), the 10-crop test
 and a larger crop (resize scaled by the same ratio). Several checkpoints form an ensemble:
@@ -7,8 +8,10 @@ stores, changed only by what the caller asks for.
 
 Example::
 
-    report = resnext.evaluate("runs/demo/best.pt")              # its own dataset, test split
-    report = resnext.evaluate(["a.pt", "b.pt"], ten_crop=True, data={"root": "/data/cifar"})
+    from resnext import EvalOptions, evaluate
+
+    report = evaluate(EvalOptions("runs/demo/best.pt"))     # its own dataset, test split
+    report = evaluate(EvalOptions(["a.pt", "b.pt"], ten_crop=True, data={"root": "/data/cifar"}))
     print(report.final.top1)
 """
 
@@ -26,7 +29,7 @@ from ..data.base import TransformedDataset
 from ..data.preprocess import Preprocess
 from ..data.splitting import SPLITS_FILE, recorded_split
 from ..errors import DataError
-from ..runtime import check_precision, resolve_device
+from ..runtime import RuntimeOptions
 from ..weights import load_checkpoint, selected_ema
 from .classes import readable_names
 from .classifier import Classifier, model_from_weights
@@ -42,6 +45,42 @@ NOT_DATASET_KEYS = {
     "on_bad_file",
     "num_workers",
 }
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to evaluate and how: the one list of ``resnext eval``'s choices, which
+    :func:`prepare_evaluation` takes whole.
+
+    ``checkpoints`` may be one path or several (an ensemble); ``model`` with ``weights``
+    replaces them by a registry name and a plain state dict.
+    """
+
+    checkpoints: str | Path | Sequence[str | Path] = ()  # resnext train checkpoints, model files
+    model: str | None = None  # a registry name, with ``weights`` instead of checkpoints
+    weights: str | Path | None = None  # a plain state dict (.pth/.safetensors) for ``model``
+    # ``data`` keys (no ``data.`` prefix) over the first member's own data section, e.g.
+    # {"root": "/data/cifar"}; preprocessing keys (image_size, eval_resize, interpolation,
+    # mean, std) change every member's.
+    data: Mapping[str, Any] = field(default_factory=dict)
+    split: str = "test"  # test | val
+    ten_crop: bool = False  # the 10-crop test: 4 corners and the centre, and their flips
+    crop: int | None = None  # another test crop; alone it keeps the resize/crop ratio
+    resize: int | None = None  # the shorter side before cropping
+    ema: bool | None = None  # True/False: the EMA/trained weights; None: what training selected
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # device, precision, back-end
+    batch_size: int = 128  # images per batch
+    workers: int | None = None  # DataLoader workers (None: data.num_workers)
+
+    def __post_init__(self) -> None:
+        paths = self.checkpoints
+        paths = (paths,) if isinstance(paths, (str, Path)) else tuple(paths)
+        object.__setattr__(self, "checkpoints", paths)
+        object.__setattr__(self, "data", dict(self.data or {}))
+        if self.split not in ("test", "val"):
+            raise ConfigError(f"split must be test or val, got {self.split!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
 
 
 @dataclass
@@ -91,7 +130,7 @@ class Evaluation:
         for m, p in zip(self.members, self.preprocess, strict=True):
             lines.append(
                 f"{m.name}: {p.describe().replace('crop', mode, 1)}, {self.precision}, "
-                f"{'EMA' if m.ema else 'trained'} weights, {m.classifier.backend} back-end"
+                f"{'EMA' if m.ema else 'trained'} weights, {m.classifier.backend_line}"
             )
         return lines
 
@@ -120,87 +159,19 @@ class Evaluation:
         return report
 
 
-def evaluate(
-    checkpoints: str | Path | Sequence[str | Path] = (),
-    *,
-    model: str | None = None,
-    weights: str | Path | None = None,
-    data: Mapping[str, Any] | None = None,
-    split: str = "test",
-    ten_crop: bool = False,
-    crop: int | None = None,
-    resize: int | None = None,
-    ema: bool | None = None,
-    precision: str = "fp32",
-    backend: str = "auto",
-    device: str | torch.device | None = "auto",
-    batch_size: int = 128,
-    workers: int | None = None,
-    progress: bool = False,
-) -> EvalReport:
+def evaluate(options: EvalOptions, progress: bool = False) -> EvalReport:
     """Top-1/top-k accuracy, loss and per-class counts of checkpoints (an ensemble if several)
-    or of a registry ``model`` with plain ``weights``; the report ``resnext eval`` prints.
-    Arguments as in :func:`prepare_evaluation`."""
-    return prepare_evaluation(
-        checkpoints,
-        model=model,
-        weights=weights,
-        data=data,
-        split=split,
-        ten_crop=ten_crop,
-        crop=crop,
-        resize=resize,
-        ema=ema,
-        precision=precision,
-        backend=backend,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-    ).run(progress=progress)
+    or of a registry model with plain weights: the report ``resnext eval`` prints.
+    ``prepare_evaluation(options).run(progress)``."""
+    return prepare_evaluation(options).run(progress=progress)
 
 
-def prepare_evaluation(
-    checkpoints: str | Path | Sequence[str | Path] = (),
-    *,
-    model: str | None = None,
-    weights: str | Path | None = None,
-    data: Mapping[str, Any] | None = None,
-    split: str = "test",
-    ten_crop: bool = False,
-    crop: int | None = None,
-    resize: int | None = None,
-    ema: bool | None = None,
-    precision: str = "fp32",
-    backend: str = "auto",
-    device: str | torch.device | None = "auto",
-    batch_size: int = 128,
-    workers: int | None = None,
-) -> Evaluation:
-    """Load the members and the data split, and build the loader.
-
-    Args:
-        checkpoints: ``resnext train`` checkpoints; several are an ensemble.
-        model, weights: instead of checkpoints, a registry name and a plain state dict.
-        data: ``data`` config keys (without the ``data.`` prefix) over the first member's
-            own data section, e.g. ``{"root": "/data/cifar"}``; preprocessing keys
-            (image_size, eval_resize, interpolation, mean, std) change every member's.
-        split: ``test`` or ``val``. ten_crop: the 10-crop test. crop / resize: another test
-            crop (``crop`` alone keeps the resize/crop ratio).
-        ema: True/False = the EMA / trained weights; None = what training selected.
-        precision: ``fp32``, ``bf16`` or ``fp16``. backend: ``auto`` (the default),
-            ``eager`` or ``onnxruntime`` (:mod:`resnext.inference.backends`). workers:
-            DataLoader workers (default: ``data.num_workers``).
-    """
-    if split not in ("test", "val"):
-        raise ConfigError(f"split must be test or val, got {split!r}")
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-    dev = resolve_device(device, what="device")
-    check_precision(precision, dev)
-    explicit = device not in (None, "auto")
-    members = _load_members(paths, model, weights, ema, dev, precision, explicit, backend)
-    data = dict(data or {})
+def prepare_evaluation(options: EvalOptions) -> Evaluation:
+    """Load the members and the data split, and build the loader (see :class:`EvalOptions`)."""
+    o = options
+    split, batch_size, workers, ten_crop = o.split, o.batch_size, o.workers, o.ten_crop
+    paths, data = list(o.checkpoints), dict(o.data)
+    members = _load_members(paths, o.model, o.weights, o.ema, o.runtime)
     cfg = _data_config(members[0].data, data)
     if members[0].data is not None and "split_file" not in data:
         # A run that carved its splits from one folder recorded them next to its checkpoints.
@@ -234,7 +205,7 @@ def prepare_evaluation(
     # The caller's preprocessing keys, validated by the config (mean/std None = the dataset's).
     own = Preprocess.from_config(cfg, raw.mean, raw.std)
     changes = {k: getattr(own, k) for k in Preprocess.field_names() if k in data}
-    pres = [_member_preprocess(m.classifier.preprocess, changes, crop, resize) for m in members]
+    pres = [_member_preprocess(m.classifier.preprocess, changes, o.crop, o.resize) for m in members]
     distinct = list(dict.fromkeys(pres))
     if ten_crop and any(p.eval_resize in (None, p.image_size) for p in distinct):
         notes.append(
@@ -252,6 +223,7 @@ def prepare_evaluation(
         batch_size,
         num_workers=cfg.num_workers if workers is None else workers,
     )
+    precision = o.runtime.precision
     return Evaluation(
         members, cfg, split, dataset, list(classes), pres, ten_crop, precision, loader, notes
     )
@@ -262,10 +234,7 @@ def _load_members(
     model: str | None,
     weights: str | Path | None,
     ema: bool | None,
-    device: torch.device,
-    precision: str,
-    explicit_device: bool = True,
-    backend: str = "auto",
+    runtime: RuntimeOptions,
 ) -> list[Member]:
     """Every checkpoint (or the model/weights pair) as a :class:`Member`."""
     if weights is not None or model is not None:
@@ -273,24 +242,18 @@ def _load_members(
             raise ConfigError("model and weights go together: a registry name and a state dict")
         if paths:
             raise ConfigError("give either checkpoints or a model with weights, not both")
-        net, classes, pre = model_from_weights(model, weights)
-        clf = Classifier(net, classes, pre, device=device, precision=precision, backend=backend)
+        clf = Classifier(*model_from_weights(model, weights), runtime)
         return [Member(f"{model} ({Path(weights).name})", clf, None)]
     if not paths:
         raise ConfigError("give a checkpoint to evaluate (or a model name with weights)")
     members = []
     for p in paths:
         if Path(p).suffix == ".onnx":  # an exported model: no data section, one set of weights
-            # onnxruntime runs on the CPU: a device resolved from "auto" is not asked for.
-            onnx_device = device if explicit_device else torch.device("cpu")
-            clf = Classifier.from_checkpoint(p, device=onnx_device, precision=precision)
-            members.append(Member(str(p), clf, None))
+            members.append(Member(str(p), Classifier.from_checkpoint(p, runtime=runtime), None))
             continue
         ckpt = load_checkpoint(p)
         use_ema = selected_ema(ckpt) if ema is None else ema
-        clf = Classifier.from_checkpoint_dict(
-            ckpt, use_ema=use_ema, device=device, precision=precision, path=p, backend=backend
-        )
+        clf = Classifier.from_checkpoint_dict(ckpt, use_ema, runtime, path=p)
         members.append(Member(str(p), clf, (ckpt.get("config") or {}).get("data"), use_ema))
     _check_same_dataset(members)
     return members

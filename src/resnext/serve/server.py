@@ -16,7 +16,7 @@ import logging
 import logging.config
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ import uvicorn
 
 from ..errors import ConfigError
 from ..inference import Classifier
+from ..runtime import RuntimeOptions
 from .app import create_app
 from .limits import ASGIApp, limit_pillow_pixels
 from .settings import ServeSettings
@@ -40,18 +41,15 @@ class ModelSpec:
 
     path: str  # a checkpoint, model file (.safetensors) or exported .onnx
     use_ema: bool | None = None  # None = the weights the training run selected
-    backend: str = "auto"
-    precision: str = "fp32"
-    device: str = "auto"
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # device, precision, back-end
 
     def load(self) -> Classifier:
-        return Classifier.from_checkpoint(
-            self.path,
-            use_ema=self.use_ema,
-            device=self.device,
-            precision=self.precision,
-            backend=self.backend,
-        )
+        return Classifier.from_checkpoint(self.path, use_ema=self.use_ema, runtime=self.runtime)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        """The spec of ``dataclasses.asdict(spec)`` (how a worker process receives it)."""
+        return cls(**{**d, "runtime": RuntimeOptions(**d.get("runtime", {}))})
 
 
 def log_config(level: str = "info") -> dict[str, Any]:
@@ -145,5 +143,5 @@ def app_from_environment() -> ASGIApp:
     torch.set_num_threads(worker["threads"])
     settings = ServeSettings(**worker["settings"])
     limit_pillow_pixels(settings.max_pixels)
-    spec = ModelSpec(**worker["spec"])
+    spec = ModelSpec.from_dict(worker["spec"])
     return create_app(spec.load(), settings, source=spec.path)
