@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
+from resnext.checkpoint import make_checkpoint, save_checkpoint
 from resnext.config import Config, from_dict
 from resnext.data import DIGITS_CLASSES, Preprocess
 from resnext.data.digits import DIGITS_MEAN, DIGITS_STD
 from resnext.models import create_model
-from resnext.weights import make_checkpoint, save_checkpoint
 
 TINY = {"widths": (16, 32, 64), "stem_width": 16}  # a ResNeXt-29 that runs in milliseconds
 # The preprocessing `resnext train` stores for the built-in digits (the demo's data config).

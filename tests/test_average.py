@@ -11,16 +11,16 @@ import torch
 
 import resnext
 from helpers import DIGITS_PRE, TINY, tiny_checkpoint
-from resnext.cli import main
-from resnext.models import create_model
-from resnext.weights import (
+from resnext.checkpoint import (
     WeightsError,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
-from resnext.weights.average import average_checkpoints
+from resnext.checkpoint.average import average_checkpoints
+from resnext.cli import main
+from resnext.models import create_model
 from test_eval_cli import SMALL_TEST, direct_probs
 
 

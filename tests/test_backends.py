@@ -15,7 +15,7 @@ from resnext import Classifier
 from resnext.cli import main
 from resnext.data import Preprocess
 from resnext.errors import ConfigError
-from resnext.inference.backends import weights_digest
+from resnext.export.onnx_cache import weights_digest
 
 pytest.importorskip("onnxruntime")
 

@@ -21,7 +21,7 @@ SMALL_TEST = "data.test_fraction=0.03"  # 50 of the 1,797 digits: keeps the test
 
 def direct_probs(ckpt: Path, test_fraction: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax of the checkpoint's model on the digits test split, computed by hand."""
-    from resnext.weights import load_checkpoint, model_from_checkpoint
+    from resnext.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(ckpt)).eval()
     test = build_splits(from_dict({"data": {"test_fraction": test_fraction}}).data).test

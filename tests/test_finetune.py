@@ -18,10 +18,10 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 
+from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
 from resnext.config import load_config
 from resnext.models import create_model
-from resnext.weights import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "finetune_imagefolder.yaml"

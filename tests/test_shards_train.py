@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
 from resnext.config import DataConfig
 from resnext.data.pack import pack_dataset
-from resnext.weights import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_torch_globals")]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
-from resnext.weights import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_torch_globals")]
 

@@ -12,10 +12,10 @@ import torch
 
 from helpers import tiny_checkpoint
 from resnext import Classifier
+from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
 from resnext.inference import imagenet_classes
 from resnext.inference.classes import WNID, imagenet_wnids, readable_names, with_id
-from resnext.weights import load_checkpoint
 from test_data_tiny_imagenet import VAL, write_tiny_imagenet
 
 pytestmark = pytest.mark.usefixtures("restore_torch_globals")

@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from ...data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ...errors import WeightsError
-from ...models import ResNeXt
-from ..files import add_num_batches_tracked, load_checked, read_file, strip_prefixes
+from ..checkpoint import add_num_batches_tracked, load_checked, read_file, strip_prefixes
+from ..data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..errors import WeightsError
+from ..models import ResNeXt
 from .base import Imported
 from .state_dict import infer_architecture
 

@@ -43,12 +43,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ...data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from ...errors import WeightsError
-from ...models import ResNeXt
-from ...models.resnext import CIFAR_DEPTHS, CIFAR_WIDTHS, IMAGENET_DEPTHS, IMAGENET_WIDTHS
-from ..files import load_checked
+from ..checkpoint import load_checked
+from ..data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from ..errors import WeightsError
+from ..models import ResNeXt, arch_from_stages
 from .base import Imported
 from .state_dict import mismatches
 
@@ -334,22 +333,17 @@ def import_chainer_npz(
             f"{', '.join(root + k for k in unused[:4])}"
         )
     family = found["family"]
-    table = IMAGENET_DEPTHS if family == "imagenet" else CIFAR_DEPTHS
-    depth = {v: k for k, v in table.items()}.get(found["counts"])
-    if depth is None:
-        raise WeightsError(
-            f"{p.name}: {found['counts']} blocks per stage match no depth this "
-            f"package builds for the {family} family"
-        )
-    paper = IMAGENET_WIDTHS if family == "imagenet" else CIFAR_WIDTHS
+    try:
+        shape = arch_from_stages(family, found["counts"], found["widths"])
+    except ValueError as e:
+        raise WeightsError(f"{p.name}: {e}") from e
+    depth = shape["depth"]
     model = ResNeXt(
-        depth=depth,
+        **shape,
         cardinality=found["c"],
         bottleneck_width=int(found["d"]),
-        family=family,
         num_classes=int(found["classes"]),
         stem_width=int(found["stem"]),
-        widths=None if found["widths"] == paper else found["widths"],
     )
     problem = mismatches(model.state_dict(), lay.state)
     if problem:
