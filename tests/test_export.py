@@ -236,7 +236,7 @@ def test_bad_requests_get_clear_errors(tmp_path, capsys, monkeypatch) -> None:
     model = model_from_checkpoint(load_checkpoint(ckpt))
     kw = {"classes": list(DIGITS_CLASSES), "preprocess": Preprocess.from_dict(DIGITS_PRE)}
     with pytest.raises(ConfigError, match="unknown export format 'tflite'"):
-        export_mod.export_model(model, tmp_path / "m.tflite", "tflite", **kw)
+        export_mod.check_output_path(tmp_path / "m.tflite", "tflite")
     with pytest.raises(SystemExit):  # argparse: invalid choice
         main(["export", str(ckpt), "--format", "tflite", "-o", str(tmp_path / "m.tflite")])
     assert main(["export", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "m.pt")]) == 2

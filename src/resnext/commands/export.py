@@ -1,6 +1,6 @@
 """``resnext export``: a checkpoint as ONNX, TorchScript or a safetensors model file.
 
-Parses the arguments, calls :func:`resnext.export.export_model` (which checks the
+Parses the arguments, calls the format's :meth:`resnext.export.Target.export` (which checks the
 file against the eager model before keeping it) and prints what was written.
 """
 
@@ -20,7 +20,7 @@ from ..checkpoint import (
 from ..data.class_names import default_class_names
 from ..data.preprocess import Preprocess
 from ..errors import WeightsError
-from ..export import FORMATS, SUFFIXES, check_output_path, export_model
+from ..export import FORMATS, SUFFIXES, TARGETS, check_output_path
 from .common import add_ema_options
 
 
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if ckpt.get("source"):
         source["origin"] = ckpt["source"]
-    report = export_model(
-        model, out, args.format, classes=classes, preprocess=pre, source=source, opset=args.opset
+    report = TARGETS[args.format].export(
+        model, out, classes=classes, preprocess=pre, source=source, opset=args.opset
     )
     shown = ", ".join(json.dumps(c) for c in classes[:3]) + (", ..." if len(classes) > 3 else "")
     print(

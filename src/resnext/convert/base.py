@@ -30,6 +30,18 @@ class Imported:
     source: dict[str, Any] = field(default_factory=dict)
 
 
+def repairs(n_averaged: int | None, added: int) -> dict[str, int]:
+    """Source entries for what an importer undid or filled in: the ``n_averaged`` count of
+    a ``torch.optim.swa_utils.AveragedModel`` (not a weight, so set apart) and the BN
+    ``num_batches_tracked`` counters added to a file saved before PyTorch 0.4.1."""
+    found: dict[str, int] = {}
+    if n_averaged is not None:
+        found["n_averaged"] = n_averaged
+    if added:
+        found["num_batches_tracked_added"] = added
+    return found
+
+
 def save_imported(path: str | Path, imported: Imported) -> tuple[Path, Path]:
     """Write ``imported`` as a model file (``path`` .safetensors and the JSON beside it); a
     model whose file names no classes gets ImageNet-1k's names (1,000 outputs) or indices."""

@@ -197,14 +197,18 @@ def _found(lay: _Layout, counts: tuple, c: int, d: int, widths: list, family: st
     }
 
 
-def _ilsvrc(lay: _Layout) -> dict[str, Any]:
+def _stages(lay: _Layout, group_weight: str) -> tuple[tuple[int, ...], int]:
+    """Blocks per stage, and the cardinality: how many ``group_weight`` arrays (a pattern
+    whose ``N`` is the group index) the first block holds."""
     counts = tuple(_indices(lay.arrays, r"^resnext_block_(\d+)_(\d+)/").values())
-    c = _count(lay.arrays, r"^resnext_block_0_0/conv_group_2/conv_group_(\d+)/conv/W$")
+    c = _count(lay.arrays, "^" + re.escape(group_weight).replace("N", r"(\d+)") + "$")
     if c == 0:
-        raise WeightsError(
-            f"{lay.file}: no resnext_block_0_0/conv_group_2/conv_group_N/conv/W arrays, so "
-            "the cardinality is unknown"
-        )
+        raise WeightsError(f"{lay.file}: no {group_weight} arrays, so the cardinality is unknown")
+    return counts, c
+
+
+def _ilsvrc(lay: _Layout) -> dict[str, Any]:
+    counts, c = _stages(lay, "resnext_block_0_0/conv_group_2/conv_group_N/conv/W")
     lay.unit("conv1", "bn1", ["conv_bn_relu/conv"], ["conv_bn_relu/bn"])
     widths, d = [], 0
     for i, n in enumerate(counts):
@@ -235,13 +239,7 @@ def _ilsvrc(lay: _Layout) -> dict[str, Any]:
 
 
 def _cifar(lay: _Layout) -> dict[str, Any]:
-    counts = tuple(_indices(lay.arrays, r"^resnext_block_(\d+)_(\d+)/").values())
-    c = _count(lay.arrays, r"^resnext_block_1_1/conv_bn_relu1_(\d+)/conv/W$")
-    if c == 0:
-        raise WeightsError(
-            f"{lay.file}: no resnext_block_1_1/conv_bn_relu1_N/conv/W arrays, so the "
-            "cardinality is unknown"
-        )
+    counts, c = _stages(lay, "resnext_block_1_1/conv_bn_relu1_N/conv/W")
     c_in = lay.unit("conv1", "bn1", ["conv_bn_relu/conv"], ["conv_bn_relu/bn"]).shape[0]
     widths, d = [], 0
     for s, n in enumerate(counts, start=1):

@@ -28,7 +28,7 @@ from ..data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from ..errors import WeightsError
 from ..models import ResNeXt, arch_from_stages, create_model, depth_from_blocks
-from .base import Imported
+from .base import Imported, repairs
 
 #: Checkpoint entries holding EMA weights, tried in this order: ours and timm's ModelEmaV2
 #: (``ema``), other trainers (``model_ema``), timm's train.py (``state_dict_ema``),
@@ -347,9 +347,6 @@ def import_state_dict(
         "ema_available": ema_key,
         "architecture_from": f"model name {model}" if model else "inferred from the shapes",
         "preprocess_from": pre_from,
+        **repairs(n_averaged, added),
     }
-    if n_averaged is not None:
-        source["n_averaged"] = n_averaged
-    if added:
-        source["num_batches_tracked_added"] = added
     return Imported(model=net, preprocess=pre, classes=None, source=source)

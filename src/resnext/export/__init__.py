@@ -15,53 +15,26 @@ inference.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-
-from torch import nn
-
-from ..data.preprocess import Preprocess
-from ..errors import ConfigError
-from .checked import FORMATS, SUFFIXES, ExportReport, check_output_path
+from .checked import FORMATS, SUFFIXES, ExportReport, Target, check_output_path
 from .onnx_runtime import ONNX_KEYS, OnnxModel, load_onnx, onnx_session, parse_onnx_metadata
-from .to_onnx import export_onnx
-from .to_safetensors import export_safetensors
-from .to_torchscript import TORCHSCRIPT_EXTRA, export_torchscript
+from .to_onnx import ONNX, export_onnx
+from .to_safetensors import SAFETENSORS, export_safetensors
+from .to_torchscript import TORCHSCRIPT, TORCHSCRIPT_EXTRA, export_torchscript
 
-
-def export_model(
-    model: nn.Module,
-    path: str | Path,
-    fmt: str,
-    *,
-    classes: list[str],
-    preprocess: Preprocess,
-    source: Mapping[str, Any] | None = None,
-    opset: int | None = None,
-    check_batch: int = 2,
-) -> ExportReport:
-    """Export in ``fmt`` (onnx | torchscript | safetensors); ``opset`` is for ONNX only."""
-    check_output_path(path, fmt)
-    if opset is not None and fmt != "onnx":
-        raise ConfigError(f"--opset applies to ONNX exports only, not {fmt}")
-    kw: dict[str, Any] = {"classes": classes, "preprocess": preprocess, "source": source}
-    if fmt == "onnx":
-        return export_onnx(model, path, opset=opset, check_batch=check_batch, **kw)
-    if fmt == "torchscript":
-        return export_torchscript(model, path, check_batch=check_batch, **kw)
-    return export_safetensors(model, path, check_batch=check_batch, **kw)
-
+#: format name -> its target (``TARGETS[fmt].export(model, path, ...)``), in
+#: :data:`FORMATS` order; :func:`check_output_path` refuses an unknown format by name.
+TARGETS: dict[str, Target] = {t.format: t for t in (ONNX, TORCHSCRIPT, SAFETENSORS)}
 
 __all__ = [
     "FORMATS",
     "ONNX_KEYS",
     "SUFFIXES",
+    "TARGETS",
     "TORCHSCRIPT_EXTRA",
     "ExportReport",
     "OnnxModel",
+    "Target",
     "check_output_path",
-    "export_model",
     "export_onnx",
     "export_safetensors",
     "export_torchscript",

@@ -5,7 +5,7 @@ by how much; nothing half-written is ever left under the asked-for name.
 
 A target (:mod:`~resnext.export.to_onnx`, :mod:`~resnext.export.to_torchscript`,
 :mod:`~resnext.export.to_safetensors`) is a :class:`Target`: how to write the file, how to
-read it back, and how strictly it must agree.
+read it back, and how strictly it must agree; ``Target.export`` is the skeleton.
 """
 
 from __future__ import annotations
@@ -72,25 +72,93 @@ class Written:
     opset: int | None = None
 
 
+def export_sidecar(path: Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json`` (not ``model.json``: that is the JSON of a
+    ``model.safetensors`` model file, which an export next to it must not overwrite)."""
+    return path.with_name(path.name + ".json")
+
+
+def _no_extras(partial: Path) -> list[Path]:
+    return []
+
+
+def _no_checks(opset: int | None) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Target:
-    """One export format: how its file is written, read back and judged.
+    """One export format: how its file is written, read back and judged; :meth:`export`
+    runs the checked export (see the module docstring) for it.
 
-    ``write(model, example, partial, description)`` writes the file (``example`` is a batch
-    to trace with) and says how; ``read_back(partial, description)`` loads it with the
-    format's own runtime and returns its forward; ``sidecar(path)`` is the JSON beside the
-    final file; ``partial_extras(partial)`` lists files the writer puts beside the partial
-    one (deleted with it). ``exact``: the logits must match bit for bit.
+    ``write(model, example, partial, description, opset)`` writes the file (``example`` is
+    a batch to trace with) and says how; ``read_back(partial, description)`` loads it with
+    the format's own runtime and returns its forward; ``sidecar(path)`` is the JSON beside
+    the final file; ``partial_extras(partial)`` lists files the writer puts beside the
+    partial one (deleted with it); ``prepare(opset)`` checks what the export needs before
+    any work. ``exact``: the logits must match bit for bit.
     """
 
-    format: str
+    format: str  # onnx | torchscript | safetensors
     what: str  # the file in messages: "ONNX", "TorchScript", "model file"
     checked_with: str  # the runtime that reads it back
-    write: Callable[[nn.Module, torch.Tensor, Path, dict[str, Any]], Written]
+    write: Callable[[nn.Module, torch.Tensor, Path, dict[str, Any], int | None], Written]
     read_back: Callable[[Path, dict[str, Any]], Logits]
-    sidecar: Callable[[Path], Path]
+    sidecar: Callable[[Path], Path] = export_sidecar
     exact: bool = False
-    partial_extras: Callable[[Path], list[Path]] = lambda partial: []
+    partial_extras: Callable[[Path], list[Path]] = _no_extras
+    prepare: Callable[[int | None], None] = _no_checks
+    takes_opset: bool = False  # only ONNX files have an opset
+
+    def export(
+        self,
+        model: nn.Module,
+        path: str | Path,
+        *,
+        classes: list[str],
+        preprocess: Preprocess,
+        source: Mapping[str, Any] | None = None,
+        opset: int | None = None,
+        check_batch: int = 2,
+    ) -> ExportReport:
+        """Write ``model`` to ``path`` with its description (architecture, ``classes``,
+        ``preprocess``, ``source``), checked against the eager model on random batches of
+        ``check_batch`` and one more; the caller's model keeps its device, dtype and mode."""
+        path = check_output_path(path, self.format)
+        if opset is not None and not self.takes_opset:
+            raise ConfigError(f"--opset applies to ONNX exports only, not {self.format}")
+        description = model_description(
+            model, classes=classes, preprocess=preprocess.to_dict(), source=source
+        )
+        self.prepare(opset)
+        model = _frozen_copy(model)
+        example = random_batch(model, preprocess, EXPORT_BATCH)
+        # The partial file keeps its suffix: some writers (a model file) insist on it.
+        partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+        try:
+            written = self.write(model, example, partial, description, opset)
+            exported = self.read_back(partial, description)
+            diff, sizes = compare(
+                model, exported, preprocess, check_batch, exact=self.exact, what=self.what
+            )
+            partial.replace(path)
+        finally:
+            for leftover in (partial, *self.partial_extras(partial)):
+                leftover.unlink(missing_ok=True)
+        side = self.sidecar(path)
+        write_json(side, description)
+        return ExportReport(
+            format=self.format,
+            path=path,
+            sidecar=side,
+            size_bytes=path.stat().st_size,
+            max_abs_diff=diff,
+            batch_sizes=sizes,
+            exporter=written.exporter,
+            checked_with=self.checked_with,
+            opset=written.opset,
+            notes=written.notes,
+        )
 
 
 def check_output_path(path: str | Path, fmt: str) -> Path:
@@ -110,68 +178,6 @@ def check_output_path(path: str | Path, fmt: str) -> Path:
     if not os.access(path.parent, os.W_OK):
         raise ConfigError(f"the output folder {str(path.parent)!r} is not writable")
     return path
-
-
-def describe(
-    model: nn.Module,
-    *,
-    classes: list[str],
-    preprocess: Preprocess,
-    source: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The model file's JSON for ``model`` (:func:`resnext.checkpoint.model_description`),
-    which every export carries or sits beside."""
-    return model_description(model, classes=classes, preprocess=preprocess.to_dict(), source=source)
-
-
-def checked_export(
-    target: Target,
-    model: nn.Module,
-    path: Path,
-    description: dict[str, Any],
-    *,
-    preprocess: Preprocess,
-    check_batch: int,
-) -> ExportReport:
-    """Write ``model`` to ``path`` through ``target``, checked (see the module docstring).
-
-    ``path`` has passed :func:`check_output_path` and ``description`` is :func:`describe`'s;
-    the caller's model keeps its device, dtype and mode (a CPU fp32 copy is exported).
-    """
-    model = _frozen_copy(model)
-    example = random_batch(model, preprocess, EXPORT_BATCH)
-    # The partial file keeps its suffix: some writers (a model file) insist on it.
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        written = target.write(model, example, partial, description)
-        exported = target.read_back(partial, description)
-        diff, sizes = compare(
-            model, exported, preprocess, check_batch, exact=target.exact, what=target.what
-        )
-        partial.replace(path)
-    finally:
-        for leftover in (partial, *target.partial_extras(partial)):
-            leftover.unlink(missing_ok=True)
-    side = target.sidecar(path)
-    write_json(side, description)
-    return ExportReport(
-        format=target.format,
-        path=path,
-        sidecar=side,
-        size_bytes=path.stat().st_size,
-        max_abs_diff=diff,
-        batch_sizes=sizes,
-        exporter=written.exporter,
-        checked_with=target.checked_with,
-        opset=written.opset,
-        notes=written.notes,
-    )
-
-
-def export_sidecar(path: Path) -> Path:
-    """``model.onnx`` -> ``model.onnx.json`` (not ``model.json``: that is the JSON of a
-    ``model.safetensors`` model file, which an export next to it must not overwrite)."""
-    return path.with_name(path.name + ".json")
 
 
 def compare(

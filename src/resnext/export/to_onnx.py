@@ -8,77 +8,45 @@ fails or where an opset below its lowest is asked for; the report says which and
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..data.preprocess import Preprocess
 from ..errors import ConfigError, WeightsError
-from .checked import (
-    ExportReport,
-    Logits,
-    Target,
-    Written,
-    check_output_path,
-    checked_export,
-    describe,
-    export_sidecar,
-    first_line,
-)
+from .checked import Logits, Target, Written, first_line
 from .onnx_runtime import INPUT_NAME, OUTPUT_NAME, onnx_metadata, onnx_session, require
 
 _MIN_OPSET, _DYNAMO_MIN_OPSET = 7, 18  # lowest opset of torch's TorchScript-based / dynamo exporter
 
 
-def export_onnx(
-    model: nn.Module,
-    path: str | Path,
-    *,
-    classes: list[str],
-    preprocess: Preprocess,
-    source: Mapping[str, Any] | None = None,
-    opset: int | None = None,
-    check_batch: int = 2,
-) -> ExportReport:
-    """Write ``path`` (.onnx) and ``NAME.onnx.json`` beside it. Checked in onnxruntime (CPU)
-    against the eager model on batches of ``check_batch`` and one more."""
-    path = check_output_path(path, "onnx")
-    description = describe(model, classes=classes, preprocess=preprocess, source=source)
+def _prepare(opset: int | None) -> None:
+    """Both packages (the check needs onnxruntime) and an opset the installed onnx knows."""
     onnx = require("onnx")
-    require("onnxruntime")  # before the export: the check needs it
+    require("onnxruntime")
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not _MIN_OPSET <= opset <= newest:
         raise ConfigError(
             f"ONNX opset {opset} is out of range: {_MIN_OPSET} to {newest} (the installed onnx)"
         )
 
-    def write(model: nn.Module, example: torch.Tensor, partial: Path, meta: dict) -> Written:
-        exporter, notes = _onnx_export(model, example, partial, opset)
-        proto = onnx.load(str(partial))
-        for key, value in onnx_metadata(meta).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, str(partial))
-        onnx.checker.check_model(str(partial))
-        used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-        if opset is not None and used != opset:
-            raise WeightsError(f"asked for ONNX opset {opset} but the exporter wrote {used}")
-        return Written(exporter=exporter, notes=notes, opset=used)
 
-    target = Target(
-        format="onnx",
-        what="ONNX",
-        checked_with="onnxruntime",
-        write=write,
-        read_back=_read_back,
-        sidecar=export_sidecar,
-    )
-    return checked_export(
-        target, model, path, description, preprocess=preprocess, check_batch=check_batch
-    )
+def _write(
+    model: nn.Module, example: torch.Tensor, partial: Path, meta: dict, opset: int | None
+) -> Written:
+    onnx = require("onnx")
+    exporter, notes = _onnx_export(model, example, partial, opset)
+    proto = onnx.load(str(partial))
+    for key, value in onnx_metadata(meta).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(partial))
+    onnx.checker.check_model(str(partial))
+    used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and used != opset:
+        raise WeightsError(f"asked for ONNX opset {opset} but the exporter wrote {used}")
+    return Written(exporter=exporter, notes=notes, opset=used)
 
 
 def _read_back(partial: Path, meta: dict[str, Any]) -> Logits:
@@ -88,6 +56,21 @@ def _read_back(partial: Path, meta: dict[str, Any]) -> Logits:
         return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
 
     return run
+
+
+ONNX = Target(
+    format="onnx",
+    what="ONNX",
+    checked_with="onnxruntime",
+    write=_write,
+    read_back=_read_back,
+    prepare=_prepare,
+    takes_opset=True,
+)
+#: ``export_onnx(model, path, *, classes, preprocess, source=None, opset=None,
+#: check_batch=2)``: ``path`` (.onnx) and ``NAME.onnx.json`` beside it, checked in
+#: onnxruntime (CPU) against the eager model.
+export_onnx = ONNX.export
 
 
 def _onnx_export(

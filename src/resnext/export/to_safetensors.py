@@ -5,7 +5,6 @@ model's."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,49 +14,30 @@ from torch import nn
 from ..checkpoint import load_checkpoint, model_from_checkpoint, sidecar_path
 from ..checkpoint.model_file import write_model_file
 from ..checkpoint.writing import cpu_state_dict
-from ..data.preprocess import Preprocess
-from .checked import (
-    ExportReport,
-    Logits,
-    Target,
-    Written,
-    check_output_path,
-    checked_export,
-    describe,
-)
+from .checked import Logits, Target, Written
 
 
-def export_safetensors(
-    model: nn.Module,
-    path: str | Path,
-    *,
-    classes: list[str],
-    preprocess: Preprocess,
-    source: Mapping[str, Any] | None = None,
-    check_batch: int = 2,
-) -> ExportReport:
-    """Write the model file ``path`` (.safetensors) and ``NAME.json``, checked exactly."""
-    path = check_output_path(path, "safetensors")
-    description = describe(model, classes=classes, preprocess=preprocess, source=source)
-    target = Target(
-        format="safetensors",
-        what="model file",
-        checked_with="load_checkpoint",
-        write=_write,
-        read_back=_read_back,
-        sidecar=sidecar_path,
-        exact=True,
-        partial_extras=lambda partial: [sidecar_path(partial)],
-    )
-    return checked_export(
-        target, model, path, description, preprocess=preprocess, check_batch=check_batch
-    )
-
-
-def _write(model: nn.Module, example: torch.Tensor, partial: Path, meta: dict) -> Written:
+def _write(
+    model: nn.Module, example: torch.Tensor, partial: Path, meta: dict, opset: int | None
+) -> Written:
     write_model_file(partial, cpu_state_dict(model), meta)
     return Written(exporter="save_model_file")
 
 
 def _read_back(partial: Path, meta: dict[str, Any]) -> Logits:
     return model_from_checkpoint(load_checkpoint(partial)).eval()
+
+
+SAFETENSORS = Target(
+    format="safetensors",
+    what="model file",
+    checked_with="load_checkpoint",
+    write=_write,
+    read_back=_read_back,
+    sidecar=sidecar_path,
+    exact=True,
+    partial_extras=lambda partial: [sidecar_path(partial)],
+)
+#: ``export_safetensors(model, path, *, classes, preprocess, source=None, check_batch=2)``:
+#: the model file ``path`` (.safetensors) and ``NAME.json``, checked exactly.
+export_safetensors = SAFETENSORS.export

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,46 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.preprocess import Preprocess
 from ..errors import WeightsError
-from .checked import (
-    ExportReport,
-    Logits,
-    Target,
-    Written,
-    check_output_path,
-    checked_export,
-    describe,
-    export_sidecar,
-)
+from .checked import Logits, Target, Written
 
 TORCHSCRIPT_EXTRA = "resnext.json"  # the TorchScript archive's extra file holding the JSON
 _DEPRECATED = ("TorchScript is deprecated in PyTorch; ONNX or safetensors will outlast it",)
-
-
-def export_torchscript(
-    model: nn.Module,
-    path: str | Path,
-    *,
-    classes: list[str],
-    preprocess: Preprocess,
-    source: Mapping[str, Any] | None = None,
-    check_batch: int = 2,
-) -> ExportReport:
-    """Write ``path`` (.pt/.ts) and ``NAME.pt.json`` beside it, checked against eager."""
-    path = check_output_path(path, "torchscript")
-    description = describe(model, classes=classes, preprocess=preprocess, source=source)
-    target = Target(
-        format="torchscript",
-        what="TorchScript",
-        checked_with="torch.jit.load",
-        write=_write,
-        read_back=_read_back,
-        sidecar=export_sidecar,
-    )
-    return checked_export(
-        target, model, path, description, preprocess=preprocess, check_batch=check_batch
-    )
 
 
 @contextmanager
@@ -67,7 +32,9 @@ def _jit() -> Iterator[None]:
         yield
 
 
-def _write(model: nn.Module, example: torch.Tensor, partial: Path, meta: dict) -> Written:
+def _write(
+    model: nn.Module, example: torch.Tensor, partial: Path, meta: dict, opset: int | None
+) -> Written:
     with _jit():
         traced = torch.jit.trace(model, (example,), check_trace=False)  # checked after
         text = json.dumps(meta, indent=2)
@@ -85,3 +52,15 @@ def _read_back(partial: Path, meta: dict[str, Any]) -> Logits:
             "written; nothing was kept"
         )
     return loaded
+
+
+TORCHSCRIPT = Target(
+    format="torchscript",
+    what="TorchScript",
+    checked_with="torch.jit.load",
+    write=_write,
+    read_back=_read_back,
+)
+#: ``export_torchscript(model, path, *, classes, preprocess, source=None, check_batch=2)``:
+#: ``path`` (.pt/.ts) and ``NAME.pt.json`` beside it, checked against eager.
+export_torchscript = TORCHSCRIPT.export
