@@ -39,13 +39,13 @@ import torch
 from PIL import Image
 
 from resnext.benchmarking import cpu_name
+from resnext.checkpoint import make_checkpoint, save_checkpoint
 from resnext.data import Preprocess
 from resnext.data.digits import digits_splits
 from resnext.data.images import is_image_file
 from resnext.inference import default_class_names
 from resnext.models import create_model, default_input_size
 from resnext.table import format_table
-from resnext.weights import make_checkpoint, save_checkpoint
 
 _BATCH = re.compile(r"POST /v1/predict 200 [\d.]+ms batch=([\d,]+) ")
 

@@ -15,11 +15,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from resnext.checkpoint import (
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from resnext.config import Config, from_dict
 from resnext.data import DIGITS_CLASSES, Preprocess, build_splits
 from resnext.data.digits import DIGITS_MEAN, DIGITS_STD
 from resnext.models import create_model
-from resnext.weights import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

@@ -20,6 +20,13 @@ from typing import Any
 
 import torch
 
+from .checkpoint import (
+    add_num_batches_tracked,
+    extract_state_dict,
+    load_checked,
+    load_checkpoint,
+    read_file,
+)
 from .config import Config, DataConfig, from_dict, merge_overrides, resolve_batch_size
 from .data import Splits, build_splits
 from .data.shards import check_train_streams
@@ -43,13 +50,6 @@ from .runtime import (
     check_precision,
     configure_torch,
     resolve_device,
-)
-from .weights import (
-    add_num_batches_tracked,
-    extract_state_dict,
-    load_checked,
-    load_checkpoint,
-    read_file,
 )
 
 

@@ -12,16 +12,16 @@ import torch
 import resnext
 from helpers import DIGITS_PRE, SMALL_TEST, TINY, direct_probs, tiny_checkpoint
 from resnext import RuntimeOptions
-from resnext.cli import main
-from resnext.models import create_model
-from resnext.weights import (
+from resnext.checkpoint import (
     WeightsError,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
-from resnext.weights.average import average_checkpoints
+from resnext.checkpoint.average import average_checkpoints
+from resnext.cli import main
+from resnext.models import create_model
 
 
 def bn_trained_checkpoint(path: Path, seed: int, *, ema: bool = False) -> Path:

@@ -11,11 +11,11 @@ import torch
 
 from helpers import DIGITS_PRE, TINY
 from resnext import Classifier, RuntimeOptions, create_model
+from resnext.checkpoint import load_checkpoint, model_from_checkpoint
+from resnext.checkpoint.model_file import MODEL_FORMAT, save_model_file
 from resnext.cli import main
 from resnext.data import DIGITS_CLASSES
 from resnext.errors import WeightsError
-from resnext.weights import load_checkpoint, model_from_checkpoint
-from resnext.weights.modelfile import MODEL_FORMAT, save_model_file
 
 
 def _model_file(tmp_path: Path) -> tuple[torch.nn.Module, Path]:

@@ -11,10 +11,10 @@ import torch
 
 from helpers import DIGITS_PRE, TINY, tiny_checkpoint
 from resnext import Classifier, create_model
+from resnext.checkpoint import load_checkpoint, read_file
+from resnext.checkpoint.model_file import save_model_file
 from resnext.cli import main
 from resnext.errors import WeightsError
-from resnext.weights import load_checkpoint, read_file
-from resnext.weights.modelfile import save_model_file
 
 
 class Payload:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnext.models import create_model
-from resnext.weights import (
+from resnext.checkpoint import (
     STATE_DICT_PREFIXES,
     WeightsError,
     extract_state_dict,
@@ -19,6 +18,7 @@ from resnext.weights import (
     save_safetensors,
     strip_prefixes,
 )
+from resnext.models import create_model
 
 
 def tiny(**kw):

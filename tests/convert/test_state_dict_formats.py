@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from resnext.models import Architecture, ResNeXt, create_model
-from resnext.weights import WeightsError
-from resnext.weights.convert.chainer import import_chainer_npz
-from resnext.weights.convert.lornatang import import_lornatang
-from resnext.weights.convert.state_dict import (
+from resnext.checkpoint import WeightsError
+from resnext.convert.chainer import import_chainer_npz
+from resnext.convert.lornatang import import_lornatang
+from resnext.convert.state_dict import (
     TV_V2_FILES,
     describe_state_dict,
     import_state_dict,
     infer_architecture,
 )
+from resnext.models import Architecture, ResNeXt, create_model
 
 
 def tiny(**kw) -> ResNeXt:

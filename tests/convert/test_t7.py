@@ -20,11 +20,11 @@ import torchfile
 
 import t7write as tw
 from helpers import REPO
+from resnext.convert import Imported
+from resnext.convert.t7 import _Reader, import_t7, read_t7
 from resnext.data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from resnext.errors import WeightsError
 from resnext.models import create_model
-from resnext.weights.convert import Imported
-from resnext.weights.convert.t7 import _Reader, import_t7, read_t7
 
 T7_DIR = REPO.parent / "shared" / "testdata" / "t7"
 needs_real_files = pytest.mark.skipif(

@@ -14,10 +14,10 @@ import torchvision
 import resnext
 import t7write as tw
 from resnext import RuntimeOptions
+from resnext.checkpoint import load_checkpoint, model_from_checkpoint
 from resnext.cli import main
+from resnext.convert import detect_format
 from resnext.data import Preprocess
-from resnext.weights import load_checkpoint, model_from_checkpoint
-from resnext.weights.convert import detect_format
 
 SMALL_T7 = {"blocks": (2, 2, 2, 2), "cardinality": 2, "width": 4, "widths": (32, 64, 128, 256),
             "stem": 16, "num_classes": 10, "pool": 2}  # fmt: skip

@@ -19,10 +19,10 @@ import torchvision
 from PIL import Image, ImageDraw
 
 from helpers import REPO
+from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
 from resnext.config import load_config
 from resnext.models import create_model
-from resnext.weights import load_checkpoint
 
 RECIPE = REPO / "configs" / "finetune_imagefolder.yaml"
 # Class = colour and shape; the folder names are the class names, in sorted order.

@@ -16,10 +16,10 @@ import torch
 import yaml
 
 from helpers import tiny_checkpoint, tiny_run
+from resnext.checkpoint import load_checkpoint, model_from_checkpoint
 from resnext.cli import main
 from resnext.config import load_config
 from resnext.engine import lr_factor_fn
-from resnext.weights import load_checkpoint, model_from_checkpoint
 
 # ~180 train images (10% of 1,797), 16 per batch: 12 steps per epoch, about 0.1 s each.
 TINY = tiny_run(

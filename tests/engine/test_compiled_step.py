@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from helpers import tiny_run
+from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
-from resnext.weights import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_torch_globals")]
 

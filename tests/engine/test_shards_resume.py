@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from helpers import tiny_run
+from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
 from resnext.config import DataConfig
 from resnext.data.pack import pack_dataset
-from resnext.weights import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("restore_torch_globals")]
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from resnext.checkpoint import load_checkpoint
 from resnext.config import ConfigError, load_config
 from resnext.data import LoaderOrder, TensorImages, TransformedDataset, make_loader
 from resnext.engine import (
@@ -27,7 +28,6 @@ from resnext.engine import (
 )
 from resnext.errors import DataError
 from resnext.inference.metrics import run_metrics
-from resnext.weights import load_checkpoint
 
 
 # -- EMA --------------------------------------------------------------------------------

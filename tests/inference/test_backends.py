@@ -18,7 +18,8 @@ from resnext.benchmarking import randomise_bn
 from resnext.cli import main
 from resnext.data import Preprocess
 from resnext.errors import ConfigError
-from resnext.inference.backends import choose_backend, missing_onnx_modules, weights_digest
+from resnext.export.onnx_cache import weights_digest
+from resnext.inference.backends import choose_backend, missing_onnx_modules
 
 pytest.importorskip("onnxruntime")
 

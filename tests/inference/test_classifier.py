@@ -11,11 +11,11 @@ from PIL import Image
 import resnext
 from helpers import tiny_checkpoint
 from resnext import Classifier, RuntimeOptions, create_model
+from resnext.checkpoint import WeightsError
 from resnext.config import from_dict
 from resnext.data import DIGITS_CLASSES, Preprocess, build_splits, load_image
 from resnext.inference import ImageError, imagenet_classes
 from resnext.models import default_input_size
-from resnext.weights import WeightsError
 
 
 def test_imagenet_class_names_are_the_synset_lemmas() -> None:

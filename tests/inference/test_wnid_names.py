@@ -12,10 +12,10 @@ import torch
 
 from helpers import VAL, tiny_checkpoint, tiny_run, write_tiny_imagenet
 from resnext import Classifier, RuntimeOptions
+from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
 from resnext.inference import imagenet_classes
 from resnext.inference.classes import WNID, imagenet_wnids, readable_names, with_id
-from resnext.weights import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 

@@ -1,7 +1,7 @@
 """``resnext average``: one checkpoint whose weights are the mean of several checkpoints'.
 
-Parses the arguments, calls :func:`resnext.weights.average.average_checkpoints`, writes the
-result with :func:`~resnext.weights.save_checkpoint` and prints what it averaged.
+Parses the arguments, calls :func:`resnext.checkpoint.average.average_checkpoints`, writes the
+result with :func:`~resnext.checkpoint.save_checkpoint` and prints what it averaged.
 """
 
 from __future__ import annotations
@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checkpoint import (
+    model_from_checkpoint,
+    refuse_overwriting,
+    save_checkpoint,
+    save_model_file,
+)
+from ..checkpoint.average import average_checkpoints
 from ..errors import ConfigError
 from ..models import Architecture
-from ..weights import model_from_checkpoint, refuse_overwriting, save_checkpoint
-from ..weights.average import average_checkpoints
-from ..weights.modelfile import save_model_file
 from .common import add_ema_options
 
 

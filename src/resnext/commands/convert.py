@@ -9,10 +9,9 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..convert import IMPORTERS, import_weights, save_imported
 from ..errors import ConfigError
-from ..weights import load_checkpoint, model_from_checkpoint
-from ..weights.convert import IMPORTERS, import_weights
-from ..weights.modelfile import save_imported
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

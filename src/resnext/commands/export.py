@@ -1,6 +1,6 @@
 """``resnext export``: a checkpoint as ONNX, TorchScript or a safetensors model file.
 
-Parses the arguments, calls :func:`resnext.weights.export.export_model` (which checks the
+Parses the arguments, calls the format's :meth:`resnext.export.Target.export` (which checks the
 file against the eager model before keeping it) and prints what was written.
 """
 
@@ -10,12 +10,17 @@ import argparse
 import json
 from pathlib import Path
 
+from ..checkpoint import (
+    is_model_file,
+    load_checkpoint,
+    model_from_checkpoint,
+    refuse_overwriting,
+    selected_ema,
+)
+from ..data.class_names import default_class_names
 from ..data.preprocess import Preprocess
 from ..errors import WeightsError
-from ..inference.classes import default_class_names
-from ..weights import load_checkpoint, model_from_checkpoint, refuse_overwriting, selected_ema
-from ..weights.export import FORMATS, SUFFIXES, check_output_path, export_model
-from ..weights.modelfile import is_model_file
+from ..export import FORMATS, SUFFIXES, TARGETS, check_output_path
 from .common import add_ema_options
 
 
@@ -63,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if ckpt.get("source"):
         source["origin"] = ckpt["source"]
-    report = export_model(
-        model, out, args.format, classes=classes, preprocess=pre, source=source, opset=args.opset
+    report = TARGETS[args.format].export(
+        model, out, classes=classes, preprocess=pre, source=source, opset=args.opset
     )
     shown = ", ".join(json.dumps(c) for c in classes[:3]) + (", ..." if len(classes) > 3 else "")
     print(

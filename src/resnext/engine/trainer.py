@@ -23,12 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..checkpoint import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
+from ..checkpoint import save_checkpoint as write_checkpoint
 from ..config import Config
 from ..data import LoaderOrder, bad_file_report, make_loader, set_loader_epoch
 from ..errors import ConfigError, DataError, TrainingError
 from ..runtime import check_precision, train_precision
-from ..weights import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
-from ..weights import save_checkpoint as write_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
 from .progress import FitResult, Progress
 from .rng import get_rng_state, set_rng_state
@@ -152,7 +152,7 @@ class Trainer:
         return self.run_dir / "best.pt"
 
     def state(self) -> dict[str, Any]:
-        """The checkpoint payload (see :mod:`resnext.weights.checkpoint` for the keys)."""
+        """The checkpoint payload (see :mod:`resnext.checkpoint.checkpoints` for the keys)."""
         return make_checkpoint(
             self.model,
             classes=self.classes,

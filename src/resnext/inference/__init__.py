@@ -1,7 +1,7 @@
 """Inference: the classifier, the one metric loop and evaluation, for eval, predict and the API.
 
 Nothing here imports the training engine: checkpoints are read through
-:mod:`resnext.weights`, preprocessing through :mod:`resnext.data`.
+:mod:`resnext.checkpoint`, preprocessing through :mod:`resnext.data`.
 """
 
 from .classes import default_class_names, imagenet_classes

@@ -6,19 +6,16 @@ logits.
 ``compile``      the same, compiled by ``torch.compile`` (inductor, freezing); tens of seconds
                  of warm-up per batch shape (:class:`~resnext.inference.optimize.CompiledRunner`).
 ``onnxruntime``  the same weights exported to ONNX once (checked against eager by
-                 :func:`~resnext.weights.export.export_onnx`) and run in onnxruntime, the
-                 export cached by a hash of the architecture and weights. CPU, fp32.
+                 :func:`~resnext.export.export_onnx`) and run in onnxruntime, the export
+                 cached by a hash of the architecture and weights
+                 (:mod:`resnext.export.onnx_cache`). CPU, fp32.
 ``auto``         chosen by :func:`choose_backend`'s rule, from ``resnext bench``'s measurements.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
-import os
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -78,28 +75,6 @@ def _installed(module: str) -> bool:
         return False
 
 
-def cache_dir() -> Path:
-    """Where exports made for the onnxruntime back-end are kept: ``$RESNEXT_CACHE/onnx``, or
-    ``$XDG_CACHE_HOME/resnext/onnx`` (default ``~/.cache/resnext/onnx``)."""
-    root = os.environ.get("RESNEXT_CACHE")
-    if root:
-        return Path(root) / "onnx"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "resnext" / "onnx"
-
-
-def weights_digest(model: nn.Module) -> str:
-    """A hash of the architecture record and every tensor (name, shape, dtype, bytes)."""
-    h = hashlib.sha256()
-    arch = getattr(model, "arch", None)
-    h.update(json.dumps(arch.to_dict() if arch is not None else None, sort_keys=True).encode())
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def make_backend(
     model: nn.Module,
     name: str,
@@ -113,7 +88,7 @@ def make_backend(
     :func:`choose_backend`), and the back-end's name; refused where it cannot run."""
     if name not in BACKENDS:
         raise ConfigError(f"back-end must be one of {', '.join(BACKENDS)}, got {name!r}")
-    from .onnx_model import OnnxModel
+    from ..export.onnx_runtime import OnnxModel
     from .optimize import CompiledRunner, EagerRunner
 
     chosen_by_rule = name == "auto"
@@ -138,24 +113,12 @@ def make_backend(
             f"the onnxruntime back-end runs the fp32 export; precision {precision} runs eager "
             "(--backend eager)"
         )
-    from ..weights.export import export_onnx
+    from ..export.onnx_cache import cached_onnx_model
 
-    folder = cache_dir()
-    arch = getattr(model, "arch", None)
-    stem = arch.name if arch is not None else "model"
-    path = folder / f"{stem}-{weights_digest(model)[:20]}.onnx"
     try:
-        if not path.is_file():
-            export_onnx(
-                model.eval(),
-                path,
-                classes=classes,
-                preprocess=preprocess,
-                source={"format": "onnxruntime back-end cache"},
-            )
+        return cached_onnx_model(model, classes=classes, preprocess=preprocess), "onnxruntime"
     except (ConfigError, OSError) as e:  # e.g. a read-only home: no cache folder
         if not chosen_by_rule:
             raise
         warnings.warn(f"back-end auto: {e}; running eager instead", stacklevel=2)
         return EagerRunner(model, device), "eager"
-    return OnnxModel(path), "onnxruntime"

@@ -26,12 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..data.images import BadImageError, load_image
-from ..data.preprocess import Preprocess
-from ..errors import WeightsError
-from ..models import ResNeXt, create_model, default_input_size, parse_name
-from ..runtime import RuntimeOptions, autocast, check_precision
-from ..weights import (
+from ..checkpoint import (
     add_num_batches_tracked,
     built_to_load,
     extract_state_dict,
@@ -41,6 +36,11 @@ from ..weights import (
     read_file,
     selected_ema,
 )
+from ..data.images import BadImageError, load_image
+from ..data.preprocess import Preprocess
+from ..errors import WeightsError
+from ..models import ResNeXt, create_model, default_input_size, parse_name
+from ..runtime import RuntimeOptions, autocast, check_precision
 from .backends import fast_path_missing, make_backend
 from .classes import default_class_names, readable_names
 
@@ -122,7 +122,8 @@ class Classifier:
         training run selected and tested (``metrics.selected``; the trained weights if absent).
         """
         if Path(path).suffix == ".onnx":
-            from .onnx_model import load_onnx  # onnxruntime is needed for .onnx files only
+            # onnxruntime is needed for .onnx files only
+            from ..export.onnx_runtime import load_onnx
 
             if use_ema:
                 raise WeightsError(

@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import load_checkpoint, selected_ema
 from ..config import ConfigError, DataConfig, from_dict
 from ..data.base import TransformedDataset
 from ..data.preprocess import Preprocess
 from ..data.splitting import SPLITS_FILE, recorded_split
 from ..errors import DataError
 from ..runtime import RuntimeOptions
-from ..weights import load_checkpoint, selected_ema
 from .classes import readable_names
 from .classifier import Classifier, model_from_weights
 from .metrics import EvalReport, run_metrics

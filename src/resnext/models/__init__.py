@@ -1,9 +1,16 @@
 """ResNeXt models: the network, its three block forms, the registry, complexity."""
 
+from .block_forms import convert_block_form
 from .blocks import BLOCK_FORMS, GroupedBottleneck, SplitConcatBottleneck, SplitSumBottleneck
 from .complexity import Complexity, measure
-from .convert import convert_block_form
-from .registry import create_model, default_input_size, list_models, parse_name
+from .registry import (
+    arch_from_stages,
+    create_model,
+    default_input_size,
+    depth_from_blocks,
+    list_models,
+    parse_name,
+)
 from .resnext import Architecture, ResNeXt
 
 __all__ = [
@@ -14,9 +21,11 @@ __all__ = [
     "ResNeXt",
     "SplitConcatBottleneck",
     "SplitSumBottleneck",
+    "arch_from_stages",
     "convert_block_form",
     "create_model",
     "default_input_size",
+    "depth_from_blocks",
     "list_models",
     "measure",
     "parse_name",

@@ -10,7 +10,7 @@ paths of width d; they differ only in how the paths are laid out in memory:
 
 Batch norm is per channel, so the C*d-channel BNs of form (c) split exactly into C
 BNs of d channels; the final BN acts on the aggregated sum in every form. That makes
-the weights of one form map exactly onto another (see :mod:`resnext.models.convert`).
+the weights of one form map exactly onto another (see :mod:`resnext.models.block_forms`).
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from typing import Any
 
-from .resnext import CIFAR_DEPTHS, IMAGENET_DEPTHS, ResNeXt
+from .resnext import CIFAR_DEPTHS, CIFAR_WIDTHS, IMAGENET_DEPTHS, IMAGENET_WIDTHS, ResNeXt
 
 # (depth, cardinality, bottleneck_width) of every named variant, in display order.
 _NAMED: dict[str, tuple[int, int, int]] = {
@@ -97,3 +98,33 @@ def default_input_size(name: str) -> int:
     """224 for the ImageNet family, 32 for the CIFAR family."""
     depth, _, _ = parse_name(name)
     return 32 if depth in CIFAR_DEPTHS else 224
+
+
+def depth_from_blocks(family: str, blocks: Sequence[int]) -> int | None:
+    """The depth of the ``family`` ("imagenet" or "cifar") whose stages hold ``blocks``
+    blocks (``(3, 4, 6, 3)`` -> 50), or None where no depth has that block table."""
+    if family not in ("imagenet", "cifar"):
+        raise ValueError(f"family must be 'imagenet' or 'cifar', got {family!r}")
+    table = IMAGENET_DEPTHS if family == "imagenet" else CIFAR_DEPTHS
+    return next((d for d, t in table.items() if t == tuple(blocks)), None)
+
+
+def arch_from_stages(family: str, blocks: Sequence[int], widths: Sequence[int]) -> dict[str, Any]:
+    """``{"depth", "family", "widths"}`` of a network whose stages hold ``blocks`` blocks and
+    end in ``widths`` channels, as an importer reads them off a file: the depth whose block
+    table is ``blocks``, and ``widths`` None where they are the paper's (so the record says
+    only what differs). ValueError naming the tables built where no depth has ``blocks``."""
+    depth = depth_from_blocks(family, blocks)
+    if depth is None:
+        table = IMAGENET_DEPTHS if family == "imagenet" else CIFAR_DEPTHS
+        known = ", ".join(f"{d}: {list(t)}" for d, t in table.items())
+        raise ValueError(
+            f"the stages hold {list(blocks)} blocks, which matches no depth this package "
+            f"builds for the {family} family ({known})"
+        )
+    paper = IMAGENET_WIDTHS if family == "imagenet" else CIFAR_WIDTHS
+    return {
+        "depth": depth,
+        "family": family,
+        "widths": None if tuple(widths) == paper else tuple(widths),
+    }

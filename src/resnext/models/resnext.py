@@ -184,7 +184,7 @@ class ResNeXt(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 if m.weight.is_meta:
-                    # built to be loaded (weights.built_to_load): nothing to draw, and on the
+                    # built to be loaded (checkpoint.built_to_load): nothing to draw, and on the
                     # meta device normal_ would import torch._dynamo (~0.9 s) for nothing
                     continue
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -18,8 +18,9 @@ import torch
 
 from ..data.preprocess import Preprocess
 from ..errors import ConfigError, WeightsError
-from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, selected_ema
-from .files import extract_state_dict, load_checked
+from .checked_load import load_checked
+from .checkpoints import load_checkpoint, make_checkpoint, model_from_checkpoint, selected_ema
+from .safe_read import extract_state_dict
 
 
 def average_checkpoints(paths: Sequence[str | Path], *, ema: bool | None = None) -> dict[str, Any]:

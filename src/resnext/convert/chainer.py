@@ -43,12 +43,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ...data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from ...errors import WeightsError
-from ...models import ResNeXt
-from ...models.resnext import CIFAR_DEPTHS, CIFAR_WIDTHS, IMAGENET_DEPTHS, IMAGENET_WIDTHS
-from ..files import load_checked
+from ..checkpoint import load_checked
+from ..data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from ..errors import WeightsError
+from ..models import ResNeXt, arch_from_stages
 from .base import Imported
 from .state_dict import mismatches
 
@@ -198,14 +197,18 @@ def _found(lay: _Layout, counts: tuple, c: int, d: int, widths: list, family: st
     }
 
 
-def _ilsvrc(lay: _Layout) -> dict[str, Any]:
+def _stages(lay: _Layout, group_weight: str) -> tuple[tuple[int, ...], int]:
+    """Blocks per stage, and the cardinality: how many ``group_weight`` arrays (a pattern
+    whose ``N`` is the group index) the first block holds."""
     counts = tuple(_indices(lay.arrays, r"^resnext_block_(\d+)_(\d+)/").values())
-    c = _count(lay.arrays, r"^resnext_block_0_0/conv_group_2/conv_group_(\d+)/conv/W$")
+    c = _count(lay.arrays, "^" + re.escape(group_weight).replace("N", r"(\d+)") + "$")
     if c == 0:
-        raise WeightsError(
-            f"{lay.file}: no resnext_block_0_0/conv_group_2/conv_group_N/conv/W arrays, so "
-            "the cardinality is unknown"
-        )
+        raise WeightsError(f"{lay.file}: no {group_weight} arrays, so the cardinality is unknown")
+    return counts, c
+
+
+def _ilsvrc(lay: _Layout) -> dict[str, Any]:
+    counts, c = _stages(lay, "resnext_block_0_0/conv_group_2/conv_group_N/conv/W")
     lay.unit("conv1", "bn1", ["conv_bn_relu/conv"], ["conv_bn_relu/bn"])
     widths, d = [], 0
     for i, n in enumerate(counts):
@@ -236,13 +239,7 @@ def _ilsvrc(lay: _Layout) -> dict[str, Any]:
 
 
 def _cifar(lay: _Layout) -> dict[str, Any]:
-    counts = tuple(_indices(lay.arrays, r"^resnext_block_(\d+)_(\d+)/").values())
-    c = _count(lay.arrays, r"^resnext_block_1_1/conv_bn_relu1_(\d+)/conv/W$")
-    if c == 0:
-        raise WeightsError(
-            f"{lay.file}: no resnext_block_1_1/conv_bn_relu1_N/conv/W arrays, so the "
-            "cardinality is unknown"
-        )
+    counts, c = _stages(lay, "resnext_block_1_1/conv_bn_relu1_N/conv/W")
     c_in = lay.unit("conv1", "bn1", ["conv_bn_relu/conv"], ["conv_bn_relu/bn"]).shape[0]
     widths, d = [], 0
     for s, n in enumerate(counts, start=1):
@@ -334,22 +331,17 @@ def import_chainer_npz(
             f"{', '.join(root + k for k in unused[:4])}"
         )
     family = found["family"]
-    table = IMAGENET_DEPTHS if family == "imagenet" else CIFAR_DEPTHS
-    depth = {v: k for k, v in table.items()}.get(found["counts"])
-    if depth is None:
-        raise WeightsError(
-            f"{p.name}: {found['counts']} blocks per stage match no depth this "
-            f"package builds for the {family} family"
-        )
-    paper = IMAGENET_WIDTHS if family == "imagenet" else CIFAR_WIDTHS
+    try:
+        shape = arch_from_stages(family, found["counts"], found["widths"])
+    except ValueError as e:
+        raise WeightsError(f"{p.name}: {e}") from e
+    depth = shape["depth"]
     model = ResNeXt(
-        depth=depth,
+        **shape,
         cardinality=found["c"],
         bottleneck_width=int(found["d"]),
-        family=family,
         num_classes=int(found["classes"]),
         stem_width=int(found["stem"]),
-        widths=None if found["widths"] == paper else found["widths"],
     )
     problem = mismatches(model.state_dict(), lay.state)
     if problem:

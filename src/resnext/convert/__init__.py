@@ -17,21 +17,22 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...errors import WeightsError
-from .base import Imported
+from ..checkpoint import read_file
+from ..checkpoint.safe_read import zip_names
+from ..errors import WeightsError
+from .base import Imported, save_imported
 
 #: format name -> (module, function); imported on use, so one format's optional
 #: dependency (torchfile for t7) is needed only for that format.
 IMPORTERS: dict[str, tuple[str, str]] = {
-    "t7": ("resnext.weights.convert.t7", "import_t7"),
-    "state_dict": ("resnext.weights.convert.state_dict", "import_state_dict"),
-    "lornatang": ("resnext.weights.convert.lornatang", "import_lornatang"),
-    "chainer": ("resnext.weights.convert.chainer", "import_chainer_npz"),
+    "t7": ("resnext.convert.t7", "import_t7"),
+    "state_dict": ("resnext.convert.state_dict", "import_state_dict"),
+    "lornatang": ("resnext.convert.lornatang", "import_lornatang"),
+    "chainer": ("resnext.convert.chainer", "import_chainer_npz"),
 }
 
 
@@ -51,19 +52,13 @@ def detect_format(path: str | Path) -> str:
         return "chainer"
     if name.endswith(".pth.tar"):
         # timm's train.py writes .pth.tar too; Lornatang's hold an ema_state_dict entry.
-        from ..files import read_file
-
         return "lornatang" if "ema_state_dict" in read_file(p) else "state_dict"
     return "state_dict"
 
 
 def _looks_like_npz(path: Path) -> bool:
     """numpy's .npz is a zip of .npy files; torch.save writes a zip holding data.pkl."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except zipfile.BadZipFile:
-        return False
+    names = zip_names(path)
     return bool(names) and all(n.endswith(".npy") for n in names)
 
 
@@ -94,4 +89,4 @@ def import_weights(path: str | Path, fmt: str | None = None, **options: Any) -> 
     return fn(path, **options)
 
 
-__all__ = ["IMPORTERS", "Imported", "detect_format", "import_weights", "importer"]
+__all__ = ["IMPORTERS", "Imported", "detect_format", "import_weights", "importer", "save_imported"]

@@ -16,21 +16,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ...data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-from ...errors import WeightsError
-from ...models import ResNeXt, create_model
-from ...models.resnext import CIFAR_DEPTHS, CIFAR_WIDTHS, IMAGENET_DEPTHS, IMAGENET_WIDTHS
-from ..files import (
+from ..checkpoint import (
     WRAPPER_KEYS,
     add_num_batches_tracked,
-    describe_differences,
     extract_state_dict,
-    key_differences,
     load_checked,
     read_file,
 )
-from .base import Imported
+from ..checkpoint.checked_load import describe_differences, key_differences
+from ..data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from ..errors import WeightsError
+from ..models import ResNeXt, arch_from_stages, create_model, depth_from_blocks
+from .base import Imported, repairs
 
 #: Checkpoint entries holding EMA weights, tried in this order: ours and timm's ModelEmaV2
 #: (``ema``), other trainers (``model_ema``), timm's train.py (``state_dict_ema``),
@@ -141,7 +139,7 @@ def describe_state_dict(state: Mapping[str, Tensor]) -> str:
         if has(r"downsample\.2\.weight$"):
             return "a ResNet-D (timm names: average-pool shortcut, downsample.1 is the conv)"
         if conv2 is not None and not grouped:
-            depth = {v: d for d, v in IMAGENET_DEPTHS.items()}.get(counts)
+            depth = depth_from_blocks("imagenet", counts)
             return (
                 "a plain ResNet (torchvision names, 3x3 convs with groups=1"
                 + (f": resnet{depth}?" if depth else "")
@@ -192,20 +190,16 @@ def infer_architecture(state: Mapping[str, Tensor]) -> dict[str, Any]:
     else:
         raise _not_resnext(state, "no bottleneck block layer1.0 (conv1, conv2, conv3)")
     counts = tuple(_blocks(state).values())
-    table = IMAGENET_DEPTHS if family == "imagenet" else CIFAR_DEPTHS
-    depth = {v: d for d, v in table.items()}.get(counts)
-    if depth is None:
-        known = ", ".join(f"{d}: {v}" for d, v in table.items())
-        raise WeightsError(
-            f"a {family}-family ResNeXt with {counts} blocks per stage, which matches no depth "
-            f"this package builds ({known})"
-        )
     missing = [f"layer{s + 1}.0.bn3.weight" for s in range(len(counts))]
     missing = [k for k in missing if k not in state]
     if missing:
         raise _not_resnext(state, f"no {missing[0]} (a bottleneck without its last BN)")
     widths = tuple(int(state[f"layer{s + 1}.0.bn3.weight"].shape[0]) for s in range(len(counts)))
-    paper = IMAGENET_WIDTHS if family == "imagenet" else CIFAR_WIDTHS
+    try:
+        shape = arch_from_stages(family, counts, widths)
+    except ValueError as e:
+        raise WeightsError(f"a {family}-family ResNeXt: {e}") from e
+    depth = shape["depth"]
     arch: dict[str, Any] = {
         "depth": depth,
         "cardinality": cardinality,
@@ -215,7 +209,7 @@ def infer_architecture(state: Mapping[str, Tensor]) -> dict[str, Any]:
         "in_chans": int(stem.shape[1]),
         "block_form": form,
         "stem_width": int(stem.shape[0]),
-        "widths": None if widths == paper else widths,
+        "widths": shape["widths"],
     }
     try:
         with torch.device("meta"):
@@ -353,9 +347,6 @@ def import_state_dict(
         "ema_available": ema_key,
         "architecture_from": f"model name {model}" if model else "inferred from the shapes",
         "preprocess_from": pre_from,
+        **repairs(n_averaged, added),
     }
-    if n_averaged is not None:
-        source["n_averaged"] = n_averaged
-    if added:
-        source["num_batches_tracked_added"] = added
     return Imported(model=net, preprocess=pre, classes=None, source=source)

@@ -1,12 +1,17 @@
-"""An exported ONNX file (``resnext export --format onnx``) as a module the Classifier can hold.
+"""ONNX files at run time: an onnxruntime session, our metadata read back, and an exported
+file (``resnext export --format onnx``) as a module the Classifier can hold.
 
 The file carries its architecture, class names and preprocessing in ``metadata_props``
-(see :mod:`resnext.weights.export`), so ``Classifier(*load_onnx("model.onnx"))`` needs
-nothing else. It runs in onnxruntime on the CPU; onnxruntime is imported only on use.
+(written by :func:`~resnext.export.to_onnx.export_onnx`), so
+``Classifier(*load_onnx("model.onnx"))`` needs nothing else. It runs in onnxruntime on the
+CPU; ``onnx``/``onnxruntime`` are imported only on use, so ``import resnext`` stays light.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,55 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..errors import ConfigError, WeightsError
 from ..models import Architecture
-from ..weights.export import onnx_session, parse_onnx_metadata
+from .checked import first_line
+
+#: ONNX ``metadata_props`` keys; each value is a JSON string.
+ONNX_KEYS = ("resnext.arch", "resnext.classes", "resnext.preprocess", "resnext.source")
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def require(name: str) -> Any:
+    """Import ``onnx``/``onnxruntime`` on use, with the install hint if absent."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise ConfigError(
+            f"ONNX export and loading need the {name} package, which is not installed ({e}); "
+            "pip install onnx onnxscript onnxruntime"
+        ) from e
+
+
+def onnx_session(path: str | Path) -> Any:
+    """An onnxruntime session (CPU provider, torch's thread count) of an ONNX file."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for a bad file
+        raise WeightsError(f"{str(path)!r} is not a loadable ONNX file: {first_line(e)}") from e
+
+
+def onnx_metadata(description: Mapping[str, Any]) -> dict[str, str]:
+    """The ``metadata_props`` entries that carry a model description (JSON strings)."""
+    return {key: json.dumps(description[key.removeprefix("resnext.")]) for key in ONNX_KEYS}
+
+
+def parse_onnx_metadata(props: Mapping[str, str], path: str | Path) -> dict[str, Any]:
+    """Our description back from an ONNX file's metadata (``{"arch", "classes",
+    "preprocess", "source"}``); a clear error for an ONNX file that lacks it."""
+    missing = [k for k in ONNX_KEYS[:3] if k not in props]
+    if missing:
+        raise WeightsError(
+            f"{str(path)!r} is an ONNX file without resnext metadata ({', '.join(missing)} "
+            "missing), so its classes and preprocessing are unknown; re-export it with "
+            "`resnext export CHECKPOINT --format onnx`, or load the original weights with "
+            "--model NAME --weights FILE"
+        )
+    try:
+        return {k.removeprefix("resnext."): json.loads(props.get(k) or "{}") for k in ONNX_KEYS}
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{str(path)!r}: unreadable resnext metadata: {e}") from e
 
 
 class OnnxModel(nn.Module):

@@ -24,10 +24,7 @@ the training state (optimizer to rng) is None in a checkpoint made for inference
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,11 +33,11 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..models import ResNeXt
-from .files import built_to_load, extract_state_dict, load_checked, read_file
-
-CHECKPOINT_FORMAT = "resnext-checkpoint"
-VERSION = 1
-_TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "epoch_step", "step", "rng")
+from .checked_load import built_to_load, load_checked
+from .model_file import is_model_file, load_model_file
+from .records import CHECKPOINT_FORMAT, VERSION, checkpoint_record
+from .safe_read import extract_state_dict, read_file
+from .writing import atomic_write
 
 
 def make_checkpoint(
@@ -57,22 +54,16 @@ def make_checkpoint(
     writes for a model it built. ``training`` holds the keys that resume needs (optimizer,
     scheduler, scaler, epoch, epoch_step, step, rng); unknown ones are an error."""
     arch = getattr(model, "arch", None)
-    training = dict(training or {})
-    unknown = sorted(set(training) - set(_TRAINING_KEYS))
-    if unknown:
-        raise ValueError(f"unknown training-state keys {unknown}; expected {_TRAINING_KEYS}")
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": VERSION,
-        "arch": arch.to_dict() if arch is not None else None,
-        "model": model.state_dict(),
-        "ema": ema,
-        **{k: training.get(k) for k in _TRAINING_KEYS},
-        "config": config,
-        "classes": list(classes),
-        "preprocess": dict(preprocess),
-        "metrics": dict(metrics or {}),
-    }
+    return checkpoint_record(
+        arch=arch.to_dict() if arch is not None else None,
+        model=model.state_dict(),
+        ema=ema,
+        training=training,
+        config=config,
+        classes=classes,
+        preprocess=preprocess,
+        metrics=metrics,
+    )
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -95,34 +86,10 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
     atomic_write(dst, write)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file in the same folder, fsync, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the mode any new file gets (0644 at umask 022).
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read one of our checkpoints (CPU tensors), or a model file (``.safetensors`` with our
-    JSON beside it, see :mod:`resnext.weights.modelfile`) in the same shape; a clear
+    JSON beside it, see :mod:`resnext.checkpoint.model_file`) in the same shape; a clear
     :class:`WeightsError` otherwise."""
-    from .modelfile import is_model_file, load_model_file
-
     if is_model_file(path):
         return load_model_file(path)
     obj = read_file(path)

@@ -19,13 +19,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import WeightsError
-from .checkpoint import CHECKPOINT_FORMAT, VERSION, atomic_write
-from .files import read_file
-
-MODEL_FORMAT = "resnext-model"
+from .records import MODEL_FORMAT, VERSION, checkpoint_record, model_description
+from .safe_read import read_file
+from .writing import atomic_write, cpu_state_dict, write_json
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -42,30 +42,24 @@ def save_model_file(
     source: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``path`` (.safetensors) and the JSON beside it; returns both paths."""
-    from safetensors.torch import save
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise WeightsError(f"a model file is written as .safetensors, got {str(path)!r}")
-    arch = getattr(model, "arch", None)
-    if arch is None:
-        raise WeightsError("only resnext models (with an .arch record) can be saved as model files")
+    meta = model_description(model, classes=classes, preprocess=preprocess, source=source)
+    return write_model_file(path, cpu_state_dict(model), meta)
+
+
+def write_model_file(
+    path: Path, state: dict[str, torch.Tensor], description: dict[str, Any]
+) -> tuple[Path, Path]:
+    """Write ``state`` as ``path`` (.safetensors) and ``description`` (the JSON of
+    :func:`~resnext.checkpoint.records.model_description`) beside it; returns both paths."""
+    from safetensors.torch import save
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    num_out = getattr(arch, "num_classes", None)
-    if num_out is not None and len(classes) != num_out:
-        raise WeightsError(f"{len(classes)} class names for a model with {num_out} outputs")
-    meta = {
-        "format": MODEL_FORMAT,
-        "version": VERSION,
-        "arch": arch.to_dict(),
-        "classes": list(classes),
-        "preprocess": dict(preprocess),
-        "source": dict(source or {}),
-    }
     atomic_write(path, lambda f: f.write(save(state)))
     side = sidecar_path(path)
-    atomic_write(side, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+    write_json(side, description)
     return path, side
 
 
@@ -96,31 +90,11 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
         raise WeightsError(f"{str(side)!r}: {', '.join(wrong)} of the wrong type")
     if meta["version"] > VERSION:
         raise WeightsError(f"{str(side)!r} was written by a newer resnext; upgrade the package")
-    state = read_file(p)
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": VERSION,
-        "arch": meta["arch"],
-        "model": state,
-        "ema": None,
-        **dict.fromkeys(("optimizer", "scheduler", "scaler", "epoch", "epoch_step", "step", "rng")),
-        "config": None,
-        "classes": list(meta["classes"]),
-        "preprocess": dict(meta["preprocess"]),
-        "metrics": {"selected": "model"},
-        "source": dict(meta.get("source") or {}),
-    }
-
-
-def save_imported(path: str | Path, imported: Any) -> tuple[Path, Path]:
-    """Write an :class:`~resnext.weights.convert.base.Imported` as a model file."""
-    from ..inference.classes import default_class_names
-
-    classes = imported.classes or default_class_names(imported.model.arch.num_classes)
-    return save_model_file(
-        path,
-        imported.model,
-        classes=classes,
-        preprocess=imported.preprocess.to_dict(),
-        source=imported.source,
+    record = checkpoint_record(
+        arch=meta["arch"],
+        model=read_file(p),
+        classes=list(meta["classes"]),
+        preprocess=dict(meta["preprocess"]),
+        metrics={"selected": "model"},
     )
+    return {**record, "source": dict(meta.get("source") or {})}

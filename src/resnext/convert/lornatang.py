@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
-from ...data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ...errors import WeightsError
-from ...models import ResNeXt
-from ..files import add_num_batches_tracked, load_checked, read_file, strip_prefixes
-from .base import Imported
+from ..checkpoint import add_num_batches_tracked, load_checked, read_file, strip_prefixes
+from ..data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..errors import WeightsError
+from ..models import ResNeXt
+from .base import Imported, repairs
 from .state_dict import infer_architecture
 
 # Their evaluation (test.py -> dataset.ImageDataset, mode "Test"): cv2 read, BGR -> RGB, PIL
@@ -128,11 +128,8 @@ def import_lornatang(path: str | Path, *, ema: bool = False) -> Imported:
         "best_acc1": _number(obj.get("best_acc1")),
         "preprocess_from": "their dataset.py Valid/Test: Resize(256) bilinear, CenterCrop(224)",
         "notes": notes,
+        **repairs(n_averaged, added),
     }
-    if n_averaged is not None:
-        source["n_averaged"] = n_averaged
-    if added:
-        source["num_batches_tracked_added"] = added
     return Imported(model=model, preprocess=LORNATANG_EVAL, classes=None, source=source)
 
 

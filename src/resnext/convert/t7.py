@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from ...errors import WeightsError
-from ...models import ResNeXt
-from ...models.resnext import CIFAR_DEPTHS, CIFAR_WIDTHS, IMAGENET_DEPTHS, IMAGENET_WIDTHS
-from ..files import load_checked
+from ..checkpoint import load_checked
+from ..data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..errors import WeightsError
+from ..models import ResNeXt, arch_from_stages
 from .base import Imported
 
 CONV = ("cudnn.SpatialConvolution", "nn.SpatialConvolution", "nn.SpatialConvolutionMM")
@@ -344,24 +343,17 @@ class _Reader:
         num_classes = self.linear(*take())
         if taken < len(kids):
             raise self.fail(*take(), "nothing after the nn.Linear")
-        table = IMAGENET_DEPTHS if family == "imagenet" else CIFAR_DEPTHS
-        depth = next((d for d, t in table.items() if list(t) == blocks), None)
-        if depth is None:
-            known = ", ".join(f"{d}: {list(t)}" for d, t in table.items())
-            raise WeightsError(
-                f"{self.file}: the stages hold {blocks} blocks, a depth our {family} ResNeXt "
-                f"does not build (it builds {known})"
-            )
-        default = IMAGENET_WIDTHS if family == "imagenet" else CIFAR_WIDTHS
+        try:
+            shape = arch_from_stages(family, blocks, widths)
+        except ValueError as e:
+            raise WeightsError(f"{self.file}: {e}") from e
         return {
-            "depth": depth,
+            **shape,
             "cardinality": cardinality,
             "bottleneck_width": width,
-            "family": family,
             "num_classes": num_classes,
             "in_chans": int(self.state["conv1.weight"].shape[1]),
             "stem_width": stem_width,
-            "widths": None if tuple(widths) == default else tuple(widths),
             "_pool": pool,
         }
 
