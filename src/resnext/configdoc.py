@@ -93,7 +93,7 @@ def _field_docs() -> dict[str, str]:
 
 def field_docs() -> dict[str, str]:
     """``"section.key"`` -> the one-line comment of that field in this file's dataclasses
-    (an empty string where a field has none, which tests/test_configs.py refuses)."""
+    (an empty string where a field has none, which tests/config/test_recipes.py refuses)."""
     return dict(_field_docs())
 
 

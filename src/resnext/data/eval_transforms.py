@@ -4,7 +4,7 @@ alone, so that predicting and serving never import torchvision.
 It performs exactly the operations torchvision's v2 transforms perform for
 ``ToImage -> Resize(antialias=True) -> CenterCrop -> ToDtype(float32, scale=True) ->
 Normalize`` on the same tensors, in the same memory layout, so its output equals theirs bit
-for bit; ``tests/test_data_evaluation.py`` checks that against the pinned torchvision
+for bit; ``tests/data/test_eval_transform.py`` checks that against the pinned torchvision
 (``constraints.txt``) for every interpolation and crop offset, PIL images of every mode, and
 uint8 / float tensors and arrays. Training keeps torchvision's transforms
 (:mod:`resnext.data.transforms`), so train and eval resize with the same kernel. Older
