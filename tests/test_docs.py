@@ -198,11 +198,11 @@ def test_version_is_the_installed_one() -> None:
 def test_version_license_and_changelog_agree() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    # The version is written once, in resnext/__init__.py; pyproject reads it from there.
+    # The version is written once, in resnext/_version.py; pyproject reads it from there.
     assert "version" not in project["project"]
     assert "version" in project["project"]["dynamic"]
     dynamic = project["tool"]["setuptools"]["dynamic"]["version"]
-    assert dynamic == {"attr": "resnext.__version__"}
+    assert dynamic == {"attr": "resnext._version.__version__"}
     assert project["project"]["license"] == "MIT"
     for name in project["project"]["license-files"]:
         assert (ROOT / name).is_file(), name

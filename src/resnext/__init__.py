@@ -1,5 +1,6 @@
 """ResNeXt (Xie et al., CVPR 2017) for PyTorch."""
 
+from ._version import __version__
 from .data import Preprocess
 from .errors import ConfigError, DataError, ResnextError, TrainingError, WeightsError
 from .inference import (
@@ -12,8 +13,6 @@ from .inference import (
 )
 from .models import ResNeXt, convert_block_form, create_model, list_models, measure
 from .runtime import RuntimeOptions
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Classifier",

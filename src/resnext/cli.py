@@ -35,7 +35,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resnext", description="ResNeXt (Xie et al., CVPR 2017): models, training, evaluation."
     )
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"resnext {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

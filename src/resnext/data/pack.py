@@ -253,7 +253,7 @@ def pack_dataset(
     except OSError as e:
         raise ConfigError(f"cannot create the pack folder {folder}: {e.strerror or e}") from e
     t0 = time.perf_counter()
-    from .. import __version__
+    from .._version import __version__
 
     index = new_index(
         list(raw.classes),
