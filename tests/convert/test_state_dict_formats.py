@@ -284,7 +284,8 @@ def test_lornatang_checkpoint_model_and_inverted_ema(tmp_path: Path) -> None:
 # Their model.py, written out by hand (not through our model): stem conv1/bn1 of 64 channels;
 # layer1..4 of _Bottleneck blocks (planes 64, 128, 256, 512, expansion 4) with conv1 (1x1),
 # conv2 (3x3, groups=C, the stage's stride), conv3 (1x1), bn1..bn3, and downsample.0 (1x1 conv,
-# stride) / downsample.1 (BN) on each stage's first block; fc. Group width: int(planes * d / 64) * C.
+# stride) / downsample.1 (BN) on each stage's first block; fc.
+# Group width: int(planes * d / 64) * C.
 def lornatang_state(
     blocks: tuple[int, ...], groups: int, d: int, classes: int, seed: int
 ) -> dict[str, torch.Tensor]:
@@ -343,7 +344,8 @@ def lornatang_forward(s: dict[str, torch.Tensor], x: torch.Tensor, groups: int) 
             out = F.relu(bn(out, f"{p}.bn2"))
             out = bn(F.conv2d(out, s[f"{p}.conv3.weight"]), f"{p}.bn3")
             if f"{p}.downsample.0.weight" in s:
-                h = bn(F.conv2d(h, s[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1")
+                h = F.conv2d(h, s[f"{p}.downsample.0.weight"], stride=stride)
+                h = bn(h, f"{p}.downsample.1")
             h = F.relu(out + h)
             j += 1
     return F.linear(h.mean((2, 3)), s["fc.weight"], s["fc.bias"])
