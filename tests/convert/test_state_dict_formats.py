@@ -278,6 +278,12 @@ def test_lornatang_checkpoint_model_and_inverted_ema(tmp_path: Path) -> None:
     # The inversion, as a fact: the "EMA" is 0.99998 new + 0.00002 old weights.
     for p_ema, p_new, p_old in zip(ema.module.parameters(), model.parameters(), prev, strict=True):
         assert torch.allclose(p_ema, decay * p_new + (1 - decay) * p_old, atol=1e-6)
+    # ... and what the package hands over as the EMA is that inverted average, computed here
+    # from the trained weights and the step before.
+    for p_got, p_new, p_old in zip(
+        averaged.model.parameters(), model.parameters(), prev, strict=True
+    ):
+        assert torch.allclose(p_got, decay * p_new + (1 - decay) * p_old, atol=1e-6)
     assert trained.preprocess.describe() == "resize 256 -> crop 224, bilinear"
 
 
