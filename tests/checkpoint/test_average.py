@@ -194,3 +194,34 @@ def test_a_safetensors_output_is_a_model_file_and_an_input_is_never_replaced(
     before = three[0].read_bytes()
     assert main(["average", *map(str, three), "-o", str(three[0])]) == 2
     assert "is the input" in capsys.readouterr().err and three[0].read_bytes() == before
+
+
+def test_the_command_averages_what_the_input_files_hold(tmp_path: Path) -> None:
+    """`resnext average`'s output file against a mean computed here from the input files as
+    torch.load reads them (no package code on the input side): the selected weights of each
+    (an EMA for the run that selected it), float64 mean, integer counts the largest."""
+    files = [
+        bn_trained_checkpoint(tmp_path / "a.pt", 0, ema=True),
+        bn_trained_checkpoint(tmp_path / "b.pt", 1),
+        bn_trained_checkpoint(tmp_path / "c.pt", 2),
+    ]
+    raw = [torch.load(p, map_location="cpu", weights_only=True) for p in files]
+    states = [
+        r["ema"] if (r.get("metrics") or {}).get("selected") == "ema" else r["model"] for r in raw
+    ]
+    out = tmp_path / "avg.pt"
+    assert main(["average", *map(str, files), "-o", str(out)]) == 0
+    got = torch.load(out, map_location="cpu", weights_only=True)["model"]
+    assert set(got) == set(states[0])
+    for key, value in got.items():
+        column = [s[key] for s in states]
+        if value.is_floating_point():
+            want = (torch.stack([t.double() for t in column]).sum(0) / 3).to(value.dtype)
+        else:
+            want = torch.stack(column).max(0).values
+        assert torch.equal(value, want), key
+    # The EMA file counted with its EMA (the halved weights), not its trained weights.
+    w = "conv1.weight"
+    assert not torch.equal(
+        got[w], ((raw[0]["model"][w].double() + states[1][w] + states[2][w]) / 3).float()
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import DIGITS_PRE, TINY, tiny_checkpoint
+from helpers import DIGITS_PRE, TINY, tiny_checkpoint, tiny_run
 from resnext import Classifier, create_model
 from resnext.checkpoint import load_checkpoint, read_file
 from resnext.checkpoint.model_file import save_model_file
@@ -84,3 +84,42 @@ def test_empty_and_truncated_files_name_the_file(tmp_path: Path, kind: str) -> N
             (tmp_path / "bad.json").write_text((tmp_path / "good.json").read_text())
         with pytest.raises(WeightsError, match=name):
             load_checkpoint(bad)
+
+
+def test_control_the_payload_does_run_code_under_full_unpickling(tmp_path: Path) -> None:
+    """Without this, "the marker is absent" could mean the payload never worked."""
+    path, marker = _evil(tmp_path, "evil.pth")
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the test only: what the package must never do
+    assert marker.exists()
+
+
+@pytest.mark.usefixtures("restore_torch_globals")
+@pytest.mark.parametrize("key", ["model.pretrained", "train.resume"])
+def test_training_refuses_it_as_pretrained_weights_or_a_run_to_resume(
+    tmp_path: Path, capsys, key: str
+) -> None:
+    path, marker = _evil(tmp_path, "evil.pth")
+    runs = tmp_path / "runs"
+    argv = ["train", *tiny_run("train.epochs=1"), f"train.output_dir={runs}", f"{key}={path}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "evil.pth" in err and "holds objects other than tensors" in err, err
+    assert "Traceback" not in err
+    assert not marker.exists()
+    assert not list(runs.glob("*/last.pt"))  # nothing trained
+
+
+def test_serve_refuses_it_before_listening(tmp_path: Path, capsys) -> None:
+    path, marker = _evil(tmp_path, "evil.pth")
+    from resnext.serve.server import ModelSpec
+
+    with pytest.raises(WeightsError, match="holds objects other than tensors"):
+        ModelSpec(str(path), use_ema=None, backend="eager", precision="fp32", device="cpu").load()
+    with pytest.raises(WeightsError, match=r"evil\.pth"):
+        Classifier.from_checkpoint(path, backend="eager")
+    # The command loads the model before it binds a port, so this returns instead of serving.
+    assert main(["serve", str(path), "--port", "0", "--backend", "eager"]) == 2
+    err = capsys.readouterr().err
+    assert "evil.pth" in err and "holds objects other than tensors" in err, err
+    assert not marker.exists()

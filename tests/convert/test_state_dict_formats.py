@@ -278,7 +278,116 @@ def test_lornatang_checkpoint_model_and_inverted_ema(tmp_path: Path) -> None:
     # The inversion, as a fact: the "EMA" is 0.99998 new + 0.00002 old weights.
     for p_ema, p_new, p_old in zip(ema.module.parameters(), model.parameters(), prev, strict=True):
         assert torch.allclose(p_ema, decay * p_new + (1 - decay) * p_old, atol=1e-6)
+    # ... and what the package hands over as the EMA is that inverted average, computed here
+    # from the trained weights and the step before.
+    for p_got, p_new, p_old in zip(
+        averaged.model.parameters(), model.parameters(), prev, strict=True
+    ):
+        assert torch.allclose(p_got, decay * p_new + (1 - decay) * p_old, atol=1e-6)
     assert trained.preprocess.describe() == "resize 256 -> crop 224, bilinear"
+
+
+# Their model.py, written out by hand (not through our model): stem conv1/bn1 of 64 channels;
+# layer1..4 of _Bottleneck blocks (planes 64, 128, 256, 512, expansion 4) with conv1 (1x1),
+# conv2 (3x3, groups=C, the stage's stride), conv3 (1x1), bn1..bn3, and downsample.0 (1x1 conv,
+# stride) / downsample.1 (BN) on each stage's first block; fc.
+# Group width: int(planes * d / 64) * C.
+def lornatang_state(
+    blocks: tuple[int, ...], groups: int, d: int, classes: int, seed: int
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+
+    def conv(name: str, shape: tuple[int, ...]) -> None:
+        fan_in = shape[1] * shape[2] * shape[3]
+        state[f"{name}.weight"] = torch.randn(shape, generator=g) * (2 / fan_in) ** 0.5
+
+    def bn(name: str, c: int) -> None:
+        state[f"{name}.weight"] = torch.rand(c, generator=g) + 0.5
+        state[f"{name}.bias"] = torch.randn(c, generator=g) * 0.1
+        state[f"{name}.running_mean"] = torch.randn(c, generator=g) * 0.2
+        state[f"{name}.running_var"] = torch.rand(c, generator=g) + 0.5
+        state[f"{name}.num_batches_tracked"] = torch.tensor(7)
+
+    conv("conv1", (64, 3, 7, 7))
+    bn("bn1", 64)
+    cin = 64
+    for i, (n, planes) in enumerate(zip(blocks, (64, 128, 256, 512), strict=True), 1):
+        width = int(planes * (d / 64.0)) * groups
+        for j in range(n):
+            p = f"layer{i}.{j}"
+            conv(f"{p}.conv1", (width, cin, 1, 1))
+            bn(f"{p}.bn1", width)
+            conv(f"{p}.conv2", (width, width // groups, 3, 3))
+            bn(f"{p}.bn2", width)
+            conv(f"{p}.conv3", (planes * 4, width, 1, 1))
+            bn(f"{p}.bn3", planes * 4)
+            if j == 0:
+                conv(f"{p}.downsample.0", (planes * 4, cin, 1, 1))
+                bn(f"{p}.downsample.1", planes * 4)
+            cin = planes * 4
+    state["fc.weight"] = torch.randn(classes, 2048, generator=g) * 0.02
+    state["fc.bias"] = torch.randn(classes, generator=g) * 0.1
+    return state
+
+
+def lornatang_forward(s: dict[str, torch.Tensor], x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Their forward, from the state dict's names alone (eval-mode BN, eps 1e-5)."""
+
+    def bn(h: torch.Tensor, n: str) -> torch.Tensor:
+        m, v = s[f"{n}.running_mean"][:, None, None], s[f"{n}.running_var"][:, None, None]
+        w, b = s[f"{n}.weight"][:, None, None], s[f"{n}.bias"][:, None, None]
+        return (h - m) / torch.sqrt(v + 1e-5) * w + b
+
+    h = F.relu(bn(F.conv2d(x, s["conv1.weight"], stride=2, padding=3), "bn1"))
+    h = F.max_pool2d(h, 3, 2, 1)
+    for i in range(1, 5):
+        j = 0
+        while f"layer{i}.{j}.conv1.weight" in s:
+            p, stride = f"layer{i}.{j}", (2 if i > 1 and j == 0 else 1)
+            out = F.relu(bn(F.conv2d(h, s[f"{p}.conv1.weight"]), f"{p}.bn1"))
+            out = F.conv2d(out, s[f"{p}.conv2.weight"], stride=stride, padding=1, groups=groups)
+            out = F.relu(bn(out, f"{p}.bn2"))
+            out = bn(F.conv2d(out, s[f"{p}.conv3.weight"]), f"{p}.bn3")
+            if f"{p}.downsample.0.weight" in s:
+                h = F.conv2d(h, s[f"{p}.downsample.0.weight"], stride=stride)
+                h = bn(h, f"{p}.downsample.1")
+            h = F.relu(out + h)
+            j += 1
+    return F.linear(h.mean((2, 3)), s["fc.weight"], s["fc.bias"])
+
+
+def test_lornatang_layout_written_by_hand_converts_exactly(tmp_path: Path) -> None:
+    """A checkpoint whose keys and shapes come from their model.py's layout (not from our
+    model): the converted model computes their forward, and the EMA taken is exactly the
+    ema_state_dict written (their inverted average of two weight sets), prefix dropped."""
+    blocks, groups, d = (2, 2, 2, 2), 4, 2
+    new = lornatang_state(blocks, groups, d, 10, seed=0)
+    old = lornatang_state(blocks, groups, d, 10, seed=1)
+    decay = 0.99998
+    inverted = {
+        k: (1 - decay) * old[k] + decay * v if v.is_floating_point() and "running" not in k else v
+        for k, v in new.items()
+    }
+    ema = {"n_averaged": torch.tensor(2), **{f"module.{k}": v for k, v in inverted.items()}}
+    ckpt = {"epoch": 4, "best_acc1": 1.0, "state_dict": new, "ema_state_dict": ema}
+    torch.save(ckpt, tmp_path / "best.pth.tar")
+
+    trained = import_lornatang(tmp_path / "best.pth.tar")
+    arch = trained.model.arch
+    assert (arch.cardinality, arch.bottleneck_width, arch.num_classes) == (groups, d, 10)
+    assert_same(trained.model, new)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = trained.model(x), lornatang_forward(new, x, groups)
+    assert theirs.std() > 0.1
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-4), (ours - theirs).abs().max()
+
+    averaged = import_lornatang(tmp_path / "best.pth.tar", ema=True)
+    assert_same(averaged.model, inverted)
+    assert averaged.source["n_averaged"] == 2
+    with torch.no_grad():
+        assert torch.allclose(averaged.model(x), lornatang_forward(inverted, x, groups), atol=1e-4)
 
 
 # -- nutszebra/resnext Chainer .npz ---------------------------------------------------------

@@ -132,6 +132,45 @@ def test_small_imagenet_layout_converts_exactly(tmp_path: Path) -> None:
     assert diff <= TOL, diff  # measured 1.5e-6
 
 
+def _bn_pairs(net: tw.Obj, imported: Imported) -> list[tuple[tw.Obj, torch.nn.BatchNorm2d]]:
+    """Torch7's BN modules beside ours, in network order; the pairing is checked by the
+    affine weights, which the converter copies unchanged."""
+    theirs = [b for b in tw.walk(net) if b.typename.endswith("BatchNormalization")]
+    ours = [m for m in imported.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(theirs) == len(ours) > 0
+    for t, o in zip(theirs, ours, strict=True):
+        if t.fields.get("weight") is not None:
+            w = torch.from_numpy(t.fields["weight"].array.astype(np.float32))
+            assert torch.equal(o.weight.detach(), w)
+    return list(zip(theirs, ours, strict=True))
+
+
+def test_bn_eps_is_folded_into_each_running_var(tmp_path: Path) -> None:
+    """Each converted running_var is Torch7's var + its module's eps - 1e-5 (PyTorch's eps,
+    which the model keeps), checked array by array, not through the logits' tolerance; for
+    version-1 modules var is 1/running_std^2 - eps first."""
+    net = small_net()
+    epss = (1e-5, 1e-3, 2e-5, 1e-2)
+    for i, b in enumerate(b for b in tw.walk(net) if b.typename.endswith("BatchNormalization")):
+        b.fields["eps"] = epss[i % len(epss)]
+    imported = import_t7(tw.save(tmp_path / "eps.t7", net))
+    for t, o in _bn_pairs(net, imported):
+        var = torch.from_numpy(t.fields["running_var"].array.astype(np.float64))
+        want = (var + t.fields["eps"] - 1e-5).float()
+        assert o.eps == 1e-5
+        assert torch.allclose(o.running_var, want, rtol=1e-6, atol=0), t.fields["eps"]
+
+    m = tw.Modules("Double", conv="nn.SpatialConvolutionMM", relu="nn.ReLU", bn_version=1)
+    old = small_net(m, cardinality=1, width=8, conv_bias=lambda i: True)
+    for i, b in enumerate(b for b in tw.walk(old) if b.typename.endswith("BatchNormalization")):
+        b.fields["eps"] = epss[i % len(epss)]
+    imported = import_t7(tw.save(tmp_path / "old.t7", old))
+    for t, o in _bn_pairs(old, imported):
+        std = torch.from_numpy(t.fields["running_std"].array.astype(np.float64))
+        want = (std**-2 - 1e-5).float()  # (1/std^2 - eps) + eps - 1e-5
+        assert torch.allclose(o.running_var, want, rtol=1e-6, atol=0), t.fields["eps"]
+
+
 def test_cifar_layout_converts_exactly(tmp_path: Path) -> None:
     net = small_net(blocks=(3, 3, 3), widths=(16, 32, 64), family="cifar", num_classes=100, pool=4)
     bns = [b for b in tw.walk(net) if b.typename.endswith("BatchNormalization")]

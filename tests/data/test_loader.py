@@ -69,3 +69,51 @@ def test_persistent_workers_survive_epochs_and_follow_set_epoch() -> None:
     loader.sampler.set_epoch(1, start=3)
     assert torch.equal(_batches(loader)[0], order1[3:])
     assert not make_loader(_WhoLoads(), 4, num_workers=0).persistent_workers
+
+
+class _Indices(Dataset):
+    """Each sample is its own index, so a loader's output names the samples it served."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, item) -> torch.Tensor:
+        index = item[0] if isinstance(item, tuple) else item
+        return torch.tensor(index)
+
+
+def _served(n: int, rank: int, world: int, *, shuffle: bool, pad: bool) -> list[int]:
+    order = LoaderOrder(shuffle=shuffle, seed=5, epoch=1, rank=rank, world_size=world, pad=pad)
+    loader = make_loader(_Indices(n), 3, order)
+    return [int(i) for batch in loader for i in batch]
+
+
+def test_map_style_shards_over_ranks_partition_the_dataset() -> None:
+    """pad=False (exact evaluation): each index goes to exactly one rank. pad=True (training):
+    every index is served, every rank takes the same count, and the repeats are exactly
+    what padding n up to a multiple of the world size needs."""
+    for n in (4, 5, 7, 10, 13):
+        for world in (1, 2, 3, 4):
+            for shuffle in (False, True):
+                exact = [_served(n, r, world, shuffle=shuffle, pad=False) for r in range(world)]
+                flat = [i for part in exact for i in part]
+                assert sorted(flat) == list(range(n)), (n, world, shuffle)
+                assert max(map(len, exact)) - min(map(len, exact)) <= 1
+
+                padded = [_served(n, r, world, shuffle=shuffle, pad=True) for r in range(world)]
+                per_rank = -(-n // world)
+                assert all(len(part) == per_rank for part in padded), (n, world, shuffle)
+                flat = [i for part in padded for i in part]
+                assert set(flat) == set(range(n))
+                assert len(flat) - n == per_rank * world - n  # the padding, no more
+                counts = {i: flat.count(i) for i in set(flat)}
+                assert all(1 <= c <= 2 for c in counts.values())
+                assert sum(c - 1 for c in counts.values()) == per_rank * world - n
+
+
+def test_padding_a_dataset_much_smaller_than_the_world_gives_every_rank_a_sample() -> None:
+    # Repeating the order once left rank 2 with nothing for n=1 under 3 processes.
+    assert all(len(_served(1, r, 3, shuffle=False, pad=True)) == 1 for r in range(3))

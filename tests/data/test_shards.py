@@ -67,6 +67,15 @@ def _batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x, torch.as_tensor(y)) for x, y in loader]
 
 
+def _samples(images: torch.Tensor, labels: torch.Tensor | None = None) -> Counter:
+    """Each sample named by its bytes (and label): a multiset two passes can be compared by."""
+    ys = labels.tolist() if labels is not None else [None] * len(images)
+    return Counter(
+        (hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest(), y)
+        for x, y in zip(images, ys, strict=True)
+    )
+
+
 # -- pack -----------------------------------------------------------------------------------
 def test_pack_writes_each_split_with_counts_classes_and_shard_sizes(packed: Path) -> None:
     index = json.loads((packed / "index.json").read_text())
@@ -185,6 +194,9 @@ def test_evaluation_under_ddp_reads_every_sample_exactly_once(packed: Path) -> N
     assert sum(len(p) for p in parts) == len(whole) == 359
     key = lambda t: sorted(t.flatten(1).sum(1).tolist())  # noqa: E731 (an image's fingerprint)
     assert key(torch.cat(parts)) == key(whole)
+    # Sums can coincide; the bytes name the sample: the same multiset of images, exactly.
+    assert _samples(torch.cat(parts)) == _samples(whole)
+    assert len(_samples(whole)) > 0.95 * len(whole)  # the bytes tell the digits apart
 
 
 # -- training streams -----------------------------------------------------------------------
@@ -278,6 +290,14 @@ def test_the_shuffle_buffer_mixes_the_shards(packed: Path) -> None:
     assert len(mixed) == len(packed_order) == 1259
     assert sorted(mixed.tolist()) == sorted(packed_order.tolist())  # each sample once
     assert not torch.equal(mixed, packed_order)
+    # Each sample once, named by its bytes and label (not only by the label counts). The
+    # augmentation is seeded by the sample's key, so a sample is the same tensor in any order.
+    plain = _batches(make_loader(train, 100, shuffle=False, pad=False))
+    shuffled = _batches(make_loader(buffered, 100, shuffle=True, pad=False))
+    before = _samples(torch.cat([x for x, _ in plain]), torch.cat([y for _, y in plain]))
+    after = _samples(torch.cat([x for x, _ in shuffled]), torch.cat([y for _, y in shuffled]))
+    assert sum(after.values()) == 1259 and after == before
+    assert len(after) > 0.95 * 1259
 
 
 def test_the_training_streams_read_through_the_shuffle_buffer(packed: Path) -> None:
@@ -288,6 +308,7 @@ def test_the_training_streams_read_through_the_shuffle_buffer(packed: Path) -> N
     end of each pass over the shards) holds every sample once."""
     n = 1259
     labels: dict[int, list[torch.Tensor]] = {}
+    images: dict[int, list[Counter]] = {}
     for buffer in (0, 200):
         train = _shards(packed, shuffle_buffer=buffer).train
         loader = make_loader(train, BATCH, LoaderOrder(shuffle=True, seed=3))  # pad: the trainer's
@@ -297,6 +318,9 @@ def test_the_training_streams_read_through_the_shuffle_buffer(packed: Path) -> N
             assert len(loader) == len(batches) == math.ceil(n / BATCH) == 40
             assert [len(y) for _, y in batches] == [BATCH] * 39 + [n - 39 * BATCH]
             labels.setdefault(buffer, []).append(torch.cat([y for _, y in batches]))
+            images.setdefault(buffer, []).append(
+                _samples(torch.cat([x for x, _ in batches]), labels[buffer][-1])
+            )
     split = train.base
     for epoch in (0, 1):
         order = shard_order(len(split.shards), 3, epoch, shuffle=True)
@@ -304,6 +328,9 @@ def test_the_training_streams_read_through_the_shuffle_buffer(packed: Path) -> N
         assert labels[0][epoch].tolist() == stored
         assert Counter(labels[200][epoch].tolist()) == Counter(stored)  # each sample once
         assert not torch.equal(labels[200][epoch], labels[0][epoch])
+        # The same samples, by bytes: each of the 1259 once in either stream.
+        assert images[200][epoch] == images[0][epoch]
+        assert sum(images[0][epoch].values()) == n and len(images[0][epoch]) > 0.95 * n
     assert not torch.equal(labels[200][0], labels[200][1])  # each epoch its own mix
 
 

@@ -247,7 +247,13 @@ def _truncated_jpeg(digit: Path) -> bytes:
 # name; None = a text field), "method".
 BAD_INPUTS: list[tuple[str, dict[str, Any], int, str, str]] = [
     ("empty body", {"body": b"", "ct": "image/png"}, 400, "empty_body", "empty"),
-    ("not an image", {"body": b"hello " * 50, "ct": "image/jpeg"}, 422, "not_an_image", ""),
+    (
+        "not an image",
+        {"body": b"hello " * 50, "ct": "image/jpeg"},
+        422,
+        "not_an_image",
+        "is not an image file",
+    ),
     ("truncated JPEG", {"body": "truncated", "ct": "image/jpeg"}, 422, "bad_image", "truncated"),
     ("text/plain", {"body": "digit", "ct": "text/plain"}, 415, "unsupported_media_type", "text"),
     ("JSON", {"body": b"{}", "ct": "application/json"}, 415, "unsupported_media_type", "json"),
@@ -257,7 +263,13 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int, str, str]] = [
     ("topk abc", {"body": "digit", "ct": "image/png", "topk": "abc"}, 422, "bad_topk", "'abc'"),
     ("topk 2.5", {"body": "digit", "ct": "image/png", "topk": "2.5"}, 422, "bad_topk", "'2.5'"),
     # 1,001,000 pixels: between the limit and twice it, where Pillow only warns by default.
-    ("over the pixel limit", {"body": "1001x1000", "ct": "image/png"}, 413, "too_many_pixels", ""),
+    (
+        "over the pixel limit",
+        {"body": "1001x1000", "ct": "image/png"},
+        413,
+        "too_many_pixels",
+        "over the server's limit of 1,000,000 pixels",
+    ),
     ("bomb", {"body": "bomb", "ct": "image/png"}, 413, "too_many_pixels", "decompression bomb"),
     ("wrong field", {"files": [("image", "digit")]}, 422, "unexpected_field", "'image'"),
     ("text field", {"files": [("file", None)]}, 422, "not_a_file", "text"),
@@ -274,7 +286,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], int, str, str]] = [
         {"body": b"--x\r\nno", "ct": "multipart/form-data; boundary=x"},
         422,
         "no_file",
-        "",
+        "has no 'file' field",
     ),
     ("GET predict", {"method": "GET"}, 405, "method_not_allowed", "GET"),
 ]

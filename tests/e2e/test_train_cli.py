@@ -275,6 +275,28 @@ def test_more_epochs_of_a_step_schedule_extend_the_run(tmp_path: Path) -> None:
     assert a["step"] == b["step"] == 24
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    # The whole training state, not only the weights, is that of the longer run.
+    assert a["ema"] is not None and b["ema"] is not None
+    _assert_same(a["ema"], b["ema"], "ema")
+    _assert_same(a["optimizer"], b["optimizer"], "optimizer")
+    _assert_same(a["scheduler"], b["scheduler"], "scheduler")
+    assert a["optimizer"]["state"], "the optimizer state (momentum buffers) is empty"
+
+
+def _assert_same(a: object, b: object, where: str) -> None:
+    """Recursive exact equality of two checkpoint entries (tensors, dicts, lists, numbers)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
 
 
 def test_more_epochs_are_refused_when_not_every_epoch_is_validated(

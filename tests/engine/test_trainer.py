@@ -248,11 +248,16 @@ def test_gradient_accumulation_equals_the_big_batch(tmp_path: Path) -> None:
     a = TinyNet()
     b = TinyNet()
     b.load_state_dict(a.state_dict())
+    initial = {k: v.clone() for k, v in a.state_dict().items()}
     _trainer(a, _cfg("train.batch_size=16"), tmp_path / "a").fit()
     _trainer(b, _cfg("train.batch_size=8", "train.accumulate_steps=2"), tmp_path / "b").fit()
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-6), name
     assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 2  # 4 micro-batches
+    # Equal weights prove nothing if neither run trained: every tensor moved, in both runs.
+    for name, w0 in initial.items():
+        for run in (a, b):
+            assert (run.state_dict()[name] - w0).abs().max() > 1e-4, name
 
 
 def test_one_loader_per_split_for_the_whole_run(tmp_path: Path, monkeypatch) -> None:

@@ -157,6 +157,17 @@ def test_bf16_is_close_to_fp32() -> None:
     bf16 = run_metrics([model], [(x, y)], 5, progress=False, keep_probs=True, precision="bf16")
     assert bf16.members[0].probs.dtype == torch.float32
     torch.testing.assert_close(bf16.members[0].probs, fp32.probs, rtol=0, atol=3e-2)
+    # The forward really ran in bf16: the conv's output dtype, and probabilities that are
+    # not bitwise fp32's (they would be if the precision were ignored).
+    seen: list[torch.dtype] = []
+    hook = model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    try:
+        again = run_metrics([model], [(x, y)], 5, progress=False, keep_probs=True, precision="bf16")
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert not torch.equal(again.members[0].probs, fp32.probs)
+    assert not torch.equal(bf16.members[0].probs, fp32.probs)
 
 
 def test_user_errors_are_clear() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -98,3 +99,89 @@ def test_models_command_lists_the_registry(capsys: pytest.CaptureFixture[str]) -
     assert main(["models", "--filter", "resnext29"]) == 0
     out = capsys.readouterr().out
     assert "resnext29_8x64d" in out and "34.43M" in out and "5.39" in out
+
+
+# -- the pinned table, checked against counts that do not come from this package -------------
+# torchvision's own ResNet (Bottleneck, groups, width_per_group) for every ImageNet family; its
+# named builders where it has one. FLOPs by torch's FlopCounterMode (2 per multiply-add).
+IMAGENET_BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+TV_BUILDERS = {
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+}
+IMAGENET_PINNED = [n for n in PINNED if not n.startswith("resnext29_")]
+CIFAR_PINNED = {"resnext29_8x64d": (8, 64, 34.4), "resnext29_16x64d": (16, 64, 68.1)}  # Table 7
+
+
+def test_every_pinned_family_has_an_independent_check() -> None:
+    assert set(PINNED) == set(IMAGENET_PINNED) | set(CIFAR_PINNED)
+
+
+def _torchvision_resnet(name: str):
+    import torchvision
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    if name in TV_BUILDERS:
+        return getattr(torchvision.models, name)(weights=None)
+    m = re.fullmatch(r"resnet(\d+)|resnext(\d+)_(\d+)x(\d+)d", name)
+    assert m is not None, name
+    depth, groups, width = (int(m[1]), 1, 64) if m[1] else (int(m[2]), int(m[3]), int(m[4]))
+    return ResNet(Bottleneck, IMAGENET_BLOCKS[depth], groups=groups, width_per_group=width)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if n in ("resnet50", "resnext50_32x4d") else pytest.param(n, marks=pytest.mark.slow)
+        for n in IMAGENET_PINNED
+    ],
+)
+def test_pinned_imagenet_counts_are_torchvisions(name: str) -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tv = _torchvision_resnet(name).eval()
+    params = sum(p.numel() for p in tv.parameters())
+    ours = sum(p.numel() for p in create_model(name).parameters())
+    assert params == ours == PINNED[name]["params"]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        tv(torch.zeros(1, 3, 224, 224))
+    assert counter.get_total_flops() // 2 == PINNED[name]["flops"]
+
+
+def test_table1_numbers_of_the_pinned_table() -> None:
+    """Paper Table 1, with its rounding: params truncated to 0.1M, GFLOPs rounded."""
+    r50, x50 = PINNED["resnet50"], PINNED["resnext50_32x4d"]
+    assert truncated(r50["params"] / 1e6) == 25.5 and round(r50["flops"] / 1e9, 1) == 4.1
+    assert truncated(x50["params"] / 1e6) == 25.0 and round(x50["flops"] / 1e9, 1) == 4.2
+
+
+def resnext29_by_hand(cardinality: int, width: int, classes: int = 10) -> tuple[int, int]:
+    """Parameters and multiply-adds (32x32 input) of the paper's ResNeXt-29, from its text:
+    3x3 stem of 64 (+BN); 3 stages of 3 bottlenecks with group width C*d doubling and outputs
+    256, 512, 1024; stride 2 in the first block of stages 2 and 3; a projection (1x1 conv +
+    BN) where the shape changes; global pool; fc. No conv biases."""
+    params, macs, side, c_in = 3 * 64 * 9 + 2 * 64, 3 * 64 * 9 * 32 * 32, 32, 64
+    for stage in range(3):
+        w, c_out = cardinality * width * 2**stage, 256 * 2**stage
+        for block in range(3):
+            out = side // 2 if stage > 0 and block == 0 else side
+            params += c_in * w + w * (w // cardinality) * 9 + w * c_out + 2 * (w + w + c_out)
+            macs += c_in * w * side**2 + (w * (w // cardinality) * 9 + w * c_out) * out**2
+            if block == 0:
+                params += c_in * c_out + 2 * c_out
+                macs += c_in * c_out * out**2
+            c_in, side = c_out, out
+    return params + 1024 * classes + classes, macs + 1024 * classes
+
+
+@pytest.mark.parametrize("name", list(CIFAR_PINNED))
+def test_pinned_cifar_counts_are_the_papers_resnext29(name: str) -> None:
+    cardinality, width, table7_millions = CIFAR_PINNED[name]
+    params, macs = resnext29_by_hand(cardinality, width)
+    assert (PINNED[name]["params"], PINNED[name]["flops"]) == (params, macs)
+    assert truncated(params / 1e6) == table7_millions

@@ -72,6 +72,27 @@ def test_a_lone_image_waits_at_most_max_wait() -> None:
 
     size, waited = asyncio.run(scenario())
     assert size == 1 and waited >= 0.05  # it waited for company, then ran alone
+    # ... and no longer than max_wait plus scheduling slack (it did not wait for a full batch,
+    # nor for a further request that never came).
+    assert waited < 0.05 + 1.0, waited
+
+
+def test_the_wait_follows_max_wait_both_ways() -> None:
+    """A lone request goes when max_wait_s is up: a longer wait lasts longer, within bounds."""
+
+    async def lone(max_wait_s: float) -> float:
+        batcher = Batcher(double, max_batch=16, max_wait_s=max_wait_s, max_queue=100)
+        await batcher.start()
+        try:
+            start = time.perf_counter()
+            await batcher.submit([torch.ones(3)])
+            return time.perf_counter() - start
+        finally:
+            await batcher.stop()
+
+    for max_wait_s in (0.0, 0.3):
+        waited = asyncio.run(lone(max_wait_s))
+        assert max_wait_s <= waited < max_wait_s + 1.0, (max_wait_s, waited)
 
 
 def test_a_model_error_reaches_every_request_of_the_batch() -> None:
@@ -289,6 +310,27 @@ def test_an_exported_onnx_file_serves_like_its_checkpoint(tmp_path: Path) -> Non
             answers.append((info["model"], info["parameters"], info["classes"], r.json()))
     assert answers[0] == answers[1]
     assert answers[0][1] == 38_202
+    # Both of those ran the same cached ONNX file; the eager model is the independent check.
+    eager = Classifier.from_checkpoint(tmp_path / "c.pt", backend="eager")
+    with running(create_app(eager, ServeSettings(), source=str(tmp_path / "m"))) as client:
+        wait_ready(client)
+        info = client.get("/v1/model").json()
+        r = client.post("/v1/predict", content=png(), headers={"content-type": "image/png"})
+        want = (info["model"], info["parameters"], info["classes"], r.json())
+    assert want[:3] == answers[0][:3]
+    assert (answers[0][3]["backend"], want[3]["backend"]) == ("onnxruntime", "eager")
+    assert _top(answers[0][3]) == _top(want[3]), (answers[0][3], want[3])
+    got_p, want_p = _probabilities(answers[0][3]), _probabilities(want[3])
+    assert got_p.keys() == want_p.keys()
+    assert all(abs(got_p[k] - want_p[k]) < 1e-4 for k in want_p), (got_p, want_p)
+
+
+def _top(answer: dict) -> list:
+    return [p["class"] for p in answer["predictions"][0]["topk"]]
+
+
+def _probabilities(answer: dict) -> dict:
+    return {p["class"]: p["probability"] for p in answer["predictions"][0]["topk"]}
 
 
 def test_wordnet_classes_answer_their_id_and_name_as_resnext_predict_does(

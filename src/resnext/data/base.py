@@ -85,10 +85,12 @@ class SeededSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        if o.world_size > 1 and o.pad:
-            # Pad to a multiple of the world size so every rank takes the same steps.
+        if o.world_size > 1 and o.pad and order:
+            # Pad to a multiple of the world size so every rank takes the same steps, repeating
+            # the order as often as needed (as DistributedSampler does): once is not enough
+            # for a dataset smaller than half the world.
             total = -(-len(order) // o.world_size) * o.world_size
-            order = (order + order[: total - len(order)])[o.rank : total : o.world_size]
+            order = (order * -(-total // len(order)))[o.rank : total : o.world_size]
         elif o.world_size > 1:
             order = order[o.rank :: o.world_size]
         return order
