@@ -15,6 +15,7 @@ from resnext.checkpoint import load_checkpoint, read_file
 from resnext.checkpoint.model_file import save_model_file
 from resnext.cli import main
 from resnext.errors import WeightsError
+from resnext.runtime import RuntimeOptions
 
 
 class Payload:
@@ -115,9 +116,10 @@ def test_serve_refuses_it_before_listening(tmp_path: Path, capsys) -> None:
     from resnext.serve.server import ModelSpec
 
     with pytest.raises(WeightsError, match="holds objects other than tensors"):
-        ModelSpec(str(path), use_ema=None, backend="eager", precision="fp32", device="cpu").load()
+        runtime = RuntimeOptions(device="cpu", precision="fp32", backend="eager")
+        ModelSpec(str(path), use_ema=None, runtime=runtime).load()
     with pytest.raises(WeightsError, match=r"evil\.pth"):
-        Classifier.from_checkpoint(path, backend="eager")
+        Classifier.from_checkpoint(path, runtime=RuntimeOptions(backend="eager"))
     # The command loads the model before it binds a port, so this returns instead of serving.
     assert main(["serve", str(path), "--port", "0", "--backend", "eager"]) == 2
     err = capsys.readouterr().err

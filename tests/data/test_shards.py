@@ -292,8 +292,8 @@ def test_the_shuffle_buffer_mixes_the_shards(packed: Path) -> None:
     assert not torch.equal(mixed, packed_order)
     # Each sample once, named by its bytes and label (not only by the label counts). The
     # augmentation is seeded by the sample's key, so a sample is the same tensor in any order.
-    plain = _batches(make_loader(train, 100, shuffle=False, pad=False))
-    shuffled = _batches(make_loader(buffered, 100, shuffle=True, pad=False))
+    plain = _batches(make_loader(train, 100, LoaderOrder(pad=False)))
+    shuffled = _batches(make_loader(buffered, 100, LoaderOrder(shuffle=True, pad=False)))
     before = _samples(torch.cat([x for x, _ in plain]), torch.cat([y for _, y in plain]))
     after = _samples(torch.cat([x for x, _ in shuffled]), torch.cat([y for _, y in shuffled]))
     assert sum(after.values()) == 1259 and after == before

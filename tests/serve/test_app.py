@@ -311,7 +311,7 @@ def test_an_exported_onnx_file_serves_like_its_checkpoint(tmp_path: Path) -> Non
     assert answers[0] == answers[1]
     assert answers[0][1] == 38_202
     # Both of those ran the same cached ONNX file; the eager model is the independent check.
-    eager = Classifier.from_checkpoint(tmp_path / "c.pt", backend="eager")
+    eager = Classifier.from_checkpoint(tmp_path / "c.pt", runtime=RuntimeOptions(backend="eager"))
     with running(create_app(eager, ServeSettings(), source=str(tmp_path / "m"))) as client:
         wait_ready(client)
         info = client.get("/v1/model").json()
