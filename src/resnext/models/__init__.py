@@ -1,6 +1,7 @@
 """ResNeXt models: the network, its three block forms, the registry, complexity."""
 
 from .blocks import BLOCK_FORMS, GroupedBottleneck, SplitConcatBottleneck, SplitSumBottleneck
+from .build import ModelSpec, build_model
 from .complexity import Complexity, measure
 from .convert import convert_block_form
 from .registry import create_model, default_input_size, list_models, parse_name
@@ -11,9 +12,11 @@ __all__ = [
     "Architecture",
     "Complexity",
     "GroupedBottleneck",
+    "ModelSpec",
     "ResNeXt",
     "SplitConcatBottleneck",
     "SplitSumBottleneck",
+    "build_model",
     "convert_block_form",
     "create_model",
     "default_input_size",
