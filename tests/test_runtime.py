@@ -89,7 +89,7 @@ def test_one_precision_notion(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_auto_train_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """bf16 only where computed natively; never emulated bf16 (5x slower on such CPUs)."""
     from resnext.config import from_dict
-    from resnext.training import resolve_train_precision
+    from resnext.engine.setup import resolve_train_precision
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)

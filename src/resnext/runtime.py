@@ -128,12 +128,6 @@ def auto_train_precision(device: torch.device) -> tuple[str, str]:
     return "fp32", f"no mixed precision chosen on {device.type}"
 
 
-def train_precision(precision: str, device: torch.device) -> str:
-    """A ``train.precision`` value as what it computes in on ``device`` (``auto`` resolved
-    by :func:`auto_train_precision`; the others as they are)."""
-    return auto_train_precision(device)[0] if precision == "auto" else precision
-
-
 def check_precision(precision: str, device: torch.device, what: str = "precision") -> None:
     """Refuse a precision the device cannot run; warn where it would be slow."""
     if precision not in PRECISIONS:

@@ -1,33 +1,34 @@
 """Training as a function: config -> data -> model -> engine, every user check first.
 
-:func:`train` is what ``resnext train`` runs (the command only parses and prints). It is
-the one place that wires the config to the data readers, the model registry and the
-engine; every check a user can fail (config, output folder, data, weights, resume
-checkpoint) runs before the first training step.
+:func:`train` is what ``resnext train`` runs (the command only parses and prints).
+:func:`setup_run` is the one set-up step: it resolves the config through
+:mod:`resnext.engine.setup`, builds the data and the model (which the engine never does),
+loads pretrained weights, and returns the :class:`~resnext.engine.setup.RunSetup` the
+:class:`~resnext.engine.Trainer` runs without checking anything again. Every check a user
+can fail (config, output folder, data, weights, resume checkpoint) runs before the run
+folder is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+from torch import nn
 
 from .checkpoint import (
     add_num_batches_tracked,
     extract_state_dict,
     load_checked,
-    load_checkpoint,
     read_file,
 )
-from .config import Config, DataConfig, from_dict, merge_overrides, resolve_batch_size
+from .config import Config, DataConfig
 from .data import Splits, build_splits
 from .data.shards import check_train_streams
 from .data.splitting import SPLITS_FILE, SplitRecord, recorded_split
@@ -41,16 +42,17 @@ from .engine import (
     init_distributed,
     seed_everything,
 )
-from .engine.sync_bn import check_sync_bn
-from .errors import ConfigError, DataError
-from .models import create_model
-from .runtime import (
-    PRECISIONS,
-    auto_train_precision,
-    check_precision,
-    configure_torch,
-    resolve_device,
+from .engine.setup import (
+    Resume,
+    RunSetup,
+    check_writable,
+    choose_run_dir,
+    resolve_run_config,
+    resolve_train_config,
 )
+from .errors import ConfigError, DataError
+from .models import build_model
+from .runtime import resolve_device
 
 
 @dataclass
@@ -77,7 +79,20 @@ def train(
     device = resolve_device(cfg.train.device, what="train.device")
     dist = init_distributed(device)
     try:
-        outcome = _train(cfg, device, dist, config_given, overrides or [], t_start, say)
+        if not dist.is_main:
+            say = _silent
+        setup, splits = setup_run(
+            cfg, device, dist, config_given=config_given, overrides=overrides, say=say
+        )
+        trainer = Trainer(setup)
+        _write_run_folder(setup, splits, say)
+        for line in _opening_lines(setup, trainer):
+            say(line)
+        sys.stdout.flush()
+        result = trainer.fit()
+        outcome = TrainOutcome(
+            result, setup.run_dir, setup.cfg, time.perf_counter() - t_start, dist.is_main
+        )
         # Every process done with its collectives before the group is torn down: a gloo
         # process that destroyed it while its peer still ran aborted at exit (seen in CI).
         # Not on an error: a peer stuck elsewhere would make the barrier hang.
@@ -88,103 +103,72 @@ def train(
         cleanup(dist)
 
 
-# -- run folder and resume target -------------------------------------------------------
-def _find_resume(cfg: Config) -> Path:
-    """The checkpoint ``train.resume`` names: a path, or ``auto`` (the run's last.pt)."""
-    tc = cfg.train
-    out = Path(tc.output_dir)
-    if tc.resume != "auto":
-        path = Path(tc.resume)  # type: ignore[arg-type]
-        if not path.is_file():
-            raise ConfigError(f"train.resume={tc.resume!r}: no such checkpoint file")
-        return path
-    if tc.run_name is not None:
-        path = out / tc.run_name / "last.pt"
-        if not path.is_file():
-            raise ConfigError(
-                f"nothing to resume: {path} does not exist (train.run_name={tc.run_name!r}); "
-                "drop --resume to start the run"
-            )
-        return path
-    found = sorted(out.glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
+def setup_run(
+    cfg: Config,
+    device: torch.device,
+    dist: DistInfo,
+    *,
+    config_given: bool = True,
+    overrides: list[str] | None = None,
+    say: Callable[[str], None] = print,
+) -> tuple[RunSetup, Splits]:
+    """Resolve the run once: its config (resume, batch, precision), run folder, data, model
+    and pretrained weights, each check before the next costly step. Returns the set-up and
+    the splits it was built from (their record and notes go into the run folder)."""
+    cfg, resume = resolve_run_config(cfg, config_given=config_given, overrides=overrides)
+    cfg = resolve_train_config(cfg, device, dist, resume, say)
+    run_dir = choose_run_dir(cfg, resume, dist)
+    splits = _build_data(cfg, resume, dist, say)
+    classes = list(splits.classes)
+    seed_everything(cfg.train.seed)  # the weight init depends on the seed only
+    model = _build_model(cfg, len(classes), resume, say)
+    if resume is not None:
+        changed = check_resume_compatible(resume.checkpoint, cfg, model, classes, resume.path)
+        resume = dataclasses.replace(resume, changed=tuple(changed))
+    setup = RunSetup(
+        model=model,
+        train_set=splits.train,
+        val_set=splits.val,
+        test_set=splits.test,
+        cfg=cfg,
+        run_dir=run_dir,
+        classes=classes,
+        preprocess=splits.preprocess.to_dict(),
+        device=device,
+        dist=dist,
+        train_fingerprint=getattr(splits.train, "fingerprint", None),
+        resume=resume,
+    )
+    return setup, splits
+
+
+# -- data -----------------------------------------------------------------------------------
+def _build_data(
+    cfg: Config, resume: Resume | None, dist: DistInfo, say: Callable[[str], None]
+) -> Splits:
+    """The run's splits, checked: the dataset's classes against ``model.num_classes``, a
+    train split to train on, enough shards for the job's streams. An empty val or test split
+    (e.g. ``data.val_fraction=0``) is no split: the run keeps the last epoch, or has no
+    final test; said now, not found out after training."""
+    splits = _resumed_splits(cfg.data, resume.path.parent) if resume else build_splits(cfg.data)
+    for note in splits.info.get("notes", ()):
+        say(f"note: {note}")
+    n_classes = len(splits.classes)
+    if cfg.model.num_classes is not None and cfg.model.num_classes != n_classes:
         raise ConfigError(
-            f"nothing to resume: no run folder with a last.pt under {str(out)!r}; "
-            "drop --resume to start a new run, or set train.output_dir / train.run_name"
+            f"model.num_classes={cfg.model.num_classes} but the {cfg.data.name} dataset has "
+            f"{n_classes} classes; leave model.num_classes unset (null) to use the dataset's"
         )
-    return found[-1]
-
-
-def _run_dir(cfg: Config, resume: Path | None, dist: DistInfo) -> Path:
-    tc = cfg.train
-    if tc.run_name is not None:
-        run_dir = Path(tc.output_dir) / tc.run_name
-    elif resume is not None:
-        run_dir = resume.parent
-    else:
-        name = [f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"]
-        if dist.enabled:  # every process must use rank 0's clock
-            torch.distributed.broadcast_object_list(name, src=0)
-        run_dir = Path(tc.output_dir) / name[0]
-    if resume is None and (run_dir / "last.pt").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run (last.pt); add --resume to continue it, "
-            "or choose another train.run_name"
-        )
-    return run_dir
-
-
-def _check_writable(run_dir: Path, create: bool) -> None:
-    """Fail now, not after an epoch, if the run folder cannot be created or written.
-
-    ``create=False`` only looks (the nearest existing parent must be a writable folder),
-    so a run refused for another reason leaves no empty folder behind.
-    """
-    probe = run_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(
-            f"cannot create the run folder {run_dir}: {probe} is a file, not a folder; "
-            "set train.output_dir to a writable folder"
-        )
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"cannot write to {probe} (no permission), so the run folder {run_dir} cannot be "
-            "created; set train.output_dir to a writable folder"
-        )
-    if not create:
-        return
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        test = run_dir / ".write-test"
-        test.write_text("ok")
-        test.unlink()
-    except OSError as e:
-        raise ConfigError(
-            f"cannot write to the run folder {run_dir} ({e.strerror or e}); "
-            "set train.output_dir to a writable folder"
-        ) from e
-
-
-def resolve_run_config(
-    cfg: Config, *, config_given: bool = True, overrides: list[str] | None = None
-) -> tuple[Config, Path | None, dict[str, Any] | None]:
-    """The config a run will use, the checkpoint it resumes (if any) and its contents.
-
-    ``resnext train --resume`` without a recipe continues the run with the checkpoint's own
-    config and the given overrides; ``train.max_steps`` is not inherited from it, since it
-    is a stop of one session, not part of the recipe.
-    """
-    resume = _find_resume(cfg) if cfg.train.resume else None
-    if resume is None:
-        return cfg, None, None
-    ckpt = load_checkpoint(resume)
-    if not config_given:
-        base = from_dict(ckpt.get("config") or {}).to_dict()  # old key names read as today's
-        base["train"]["max_steps"] = None
-        cfg = from_dict(merge_overrides(base, [*(overrides or []), f"train.resume={resume}"]))
-    return cfg, resume, ckpt
+    if len(splits.train) == 0:  # type: ignore[arg-type]
+        raise DataError(f"the train split of {cfg.data.name} is empty: nothing to train on")
+    check_train_streams(splits.train, dist.world_size, cfg.data.num_workers)  # shards only
+    for name in ("val", "test"):
+        split = getattr(splits, name)
+        if split is not None and len(split) == 0:
+            setattr(splits, name, None)
+            what = "the last epoch is kept" if name == "val" else "there is no final test"
+            say(f"the {name} split of {cfg.data.name} is empty: {what}")
+    return splits
 
 
 def _resumed_splits(data: DataConfig, run_folder: Path) -> Splits:
@@ -217,100 +201,17 @@ def _resumed_splits(data: DataConfig, run_folder: Path) -> Splits:
     return splits
 
 
-def resolve_train_precision(
-    cfg: Config, device: torch.device, ckpt: dict[str, Any] | None = None
-) -> tuple[Config, str | None]:
-    """The config with ``train.precision=auto`` replaced by what it means on ``device``
-    (:func:`~resnext.runtime.auto_train_precision`), and the line that says so. A resumed
-    run keeps the precision it started with (its checkpoint's), wherever it resumes."""
-    if cfg.train.precision != "auto":
-        return cfg, None
-    # read as today's keys (a run of an older version stored train.amp)
-    stored = from_dict(ckpt.get("config") or {}).train.precision if ckpt is not None else None
-    if stored in PRECISIONS:
-        precision, why = stored, "the precision the run started with"
-        if precision == "fp16" and device.type != "cuda":
-            raise ConfigError(
-                f"the run trained in fp16 (train.precision auto on a GPU without bf16) and an "
-                f"exact resume needs it, which {device.type} cannot run; resume on a CUDA device"
-            )
-    else:
-        precision, why = auto_train_precision(device)
-    train_cfg = dataclasses.replace(cfg.train, precision=precision)
-    return dataclasses.replace(cfg, train=train_cfg), f"train.precision auto -> {precision}: {why}"
-
-
-# -- the job ------------------------------------------------------------------------------
-def _train(
-    cfg: Config,
-    device: torch.device,
-    dist: DistInfo,
-    config_given: bool,
-    overrides: list[str],
-    t_start: float,
-    say: Callable[[str], None],
-) -> TrainOutcome:
-    if not dist.is_main:
-        say = _silent
-    cfg, resume, ckpt = resolve_run_config(cfg, config_given=config_given, overrides=overrides)
-    cfg = resolve_batch_size(cfg, dist.world_size)  # train.global_batch_size, if set
-    cfg, chosen = resolve_train_precision(cfg, device, ckpt)
-    if chosen and dist.enabled:  # one precision for the job: rank 0's choice
-        choice = [cfg.train.precision, chosen]
-        torch.distributed.broadcast_object_list(choice, src=0)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=choice[0]))
-        chosen = choice[1]
-    if chosen:
-        say(chosen)
-    if cfg.train.sync_bn:
-        note = check_sync_bn(device, dist)
-        if note:
-            say(note)
-    if ckpt is not None and cfg.train.max_steps is not None and ckpt["step"] >= cfg.train.max_steps:
-        raise ConfigError(
-            f"{resume} already stopped at step {ckpt['step']} and train.max_steps is "
-            f"{cfg.train.max_steps}; resume with a later stop or train.max_steps=null"
-        )
-    check_precision(cfg.train.precision, device, "train.precision")  # fp16 on CPU: refuse now
-    configure_torch(cfg.train.deterministic, cfg.train.threads)
-    run_dir = _run_dir(cfg, resume, dist)
-    if dist.is_main:
-        _check_writable(run_dir, create=False)
-
-    splits = _resumed_splits(cfg.data, resume.parent) if resume else build_splits(cfg.data)
-    for note in splits.info.get("notes", ()):
-        say(f"note: {note}")
-    classes = list(splits.classes)
-    if cfg.model.num_classes is not None and cfg.model.num_classes != len(classes):
-        raise ConfigError(
-            f"model.num_classes={cfg.model.num_classes} but the {cfg.data.name} dataset has "
-            f"{len(classes)} classes; leave model.num_classes unset (null) to use the dataset's"
-        )
-    if len(splits.train) == 0:  # type: ignore[arg-type]
-        raise DataError(f"the train split of {cfg.data.name} is empty: nothing to train on")
-    check_train_streams(splits.train, dist.world_size, cfg.data.num_workers)  # shards only
-    # An empty val or test split (e.g. data.val_fraction=0) is no split: the run keeps the
-    # last epoch, or has no final test. Said now, not found out after training.
-    for name in ("val", "test"):
-        split = getattr(splits, name)
-        if split is not None and len(split) == 0:
-            setattr(splits, name, None)
-            what = "the last epoch is kept" if name == "val" else "there is no final test"
-            say(f"the {name} split of {cfg.data.name} is empty: {what}")
-
-    seed_everything(cfg.train.seed)  # the weight init depends on the seed only
+# -- model ----------------------------------------------------------------------------------
+def _build_model(
+    cfg: Config, num_classes: int, resume: Resume | None, say: Callable[[str], None]
+) -> nn.Module:
+    """The network of ``cfg.model``, started from ``model.pretrained`` on a new run (a
+    resume loads its checkpoint instead, in the Trainer)."""
     try:
-        model = create_model(
-            cfg.model.name,
-            num_classes=len(classes),
-            block_form=cfg.model.block_form,
-            zero_init_last_bn=cfg.model.zero_init_last_bn,
-            stem_width=cfg.model.stem_width,
-            widths=cfg.model.widths,
-        )
+        model = build_model(cfg.model, num_classes)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e
-    if cfg.model.pretrained is not None and ckpt is None:
+    if cfg.model.pretrained is not None and resume is None:
         state = extract_state_dict(read_file(cfg.model.pretrained))
         add_num_batches_tracked(state)  # files saved before PyTorch 0.4.1 have none
         fc = state.get("fc.weight")
@@ -320,72 +221,65 @@ def _train(
             f"started from {cfg.model.pretrained}"
             + (" (classifier re-initialised for the new classes)" if skip else "")
         )
+    return model
 
-    changed: list[str] = []
-    if ckpt is not None:
-        changed = check_resume_compatible(ckpt, cfg, model, classes, resume)  # type: ignore[arg-type]
 
-    if dist.is_main:
-        _check_writable(run_dir, create=True)
-    trainer = Trainer(
-        model,
-        splits.train,
-        splits.val,
-        splits.test,
-        cfg,
-        run_dir,
-        classes=classes,
-        preprocess=splits.preprocess.to_dict(),
-        device=device,
-        dist=dist,
-    )
-    if ckpt is not None:
-        trainer.load_state(ckpt, resume)
-    if dist.is_main:
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        record = splits.info.get("split_record")
-        if record is not None:  # splits carved from one folder: the run keeps their file lists
-            record.write(run_dir / SPLITS_FILE)
-            say(f"{splits.info['split']}; recorded in {run_dir / SPLITS_FILE}")
+# -- the run folder and the opening lines ---------------------------------------------------
+def _write_run_folder(setup: RunSetup, splits: Splits, say: Callable[[str], None]) -> None:
+    """Rank 0 makes the run folder and writes the resolved ``config.yaml`` and, where the
+    splits were carved from one folder of classes, their file lists (``splits.json``)."""
+    if not setup.dist.is_main:
+        return
+    run_dir = setup.run_dir
+    check_writable(run_dir, create=True)
+    (run_dir / "config.yaml").write_text(setup.cfg.to_yaml())
+    record = splits.info.get("split_record")
+    if record is not None:  # splits carved from one folder: the run keeps their file lists
+        record.write(run_dir / SPLITS_FILE)
+        say(f"{splits.info['split']}; recorded in {run_dir / SPLITS_FILE}")
 
-    n_params = sum(p.numel() for p in model.parameters())
+
+def _opening_lines(setup: RunSetup, trainer: Trainer) -> list[str]:
+    """What the run says before its first step: model and data, the job's batch, lr and
+    length, and where a resume continues."""
+    cfg, tc, dist, device = setup.cfg, setup.cfg.train, setup.dist, setup.device
+    n_params = sum(p.numel() for p in setup.model.parameters())
     sizes = " / ".join(
         f"{len(ds)} {name}"  # type: ignore[arg-type]
-        for name, ds in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        for name, ds in (
+            ("train", setup.train_set),
+            ("val", setup.val_set),
+            ("test", setup.test_set),
+        )
         if ds is not None
     )
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    say(
-        f"{cfg.model.name} (block form {cfg.model.block_form}, {n_params / 1e6:.2f}M params) on "
-        f"{cfg.data.name}: {sizes} images, {len(classes)} classes"
-    )
-    stop = f", stopping at step {cfg.train.max_steps}" if cfg.train.max_steps else ""
-    tc = cfg.train
+    stop = f", stopping at step {tc.max_steps}" if tc.max_steps else ""
     global_batch = dist.world_size * tc.batch_size * tc.accumulate_steps
     base = cfg.optim.lr_base_batch
     scaling = f" (optim.lr {cfg.optim.lr:g} x {global_batch}/{base})" if base else ""
-    say(
+    lines = [
+        f"{cfg.model.name} (block form {cfg.model.block_form}, {n_params / 1e6:.2f}M params) on "
+        f"{cfg.data.name}: {sizes} images, {len(setup.classes)} classes",
         f"device {device}{threads}, {tc.precision}, {dist.world_size} process(es) x batch "
         f"{tc.batch_size} x {tc.accumulate_steps} accumulation = global batch {global_batch}, "
         f"lr {trainer.lr:g}{scaling}, {tc.epochs} epochs = {trainer.total_steps} steps{stop}; "
-        f"run folder {run_dir}"
-    )
-    if ckpt is not None:
+        f"run folder {setup.run_dir}",
+    ]
+    resume, p = setup.resume, trainer.progress
+    if resume is not None:
         replay = ""
-        if trainer.progress.epoch_step and splits.info.get("shards"):
+        if p.epoch_step and setup.train_fingerprint is not None:
             replay = (
-                f"; the shard streams replay epoch {trainer.progress.epoch + 1} up to batch "
-                f"{trainer.progress.epoch_step}, reading those samples without decoding them"
+                f"; the shard streams replay epoch {p.epoch + 1} up to batch "
+                f"{p.epoch_step}, reading those samples without decoding them"
             )
-        say(
-            f"resuming {resume} at epoch {trainer.progress.epoch} + "
-            f"{trainer.progress.epoch_step} batches (step {trainer.progress.step})"
-            + (f"; changed: {', '.join(changed)}" if changed else "")
-            + replay
+        changed = f"; changed: {', '.join(resume.changed)}" if resume.changed else ""
+        lines.append(
+            f"resuming {resume.path} at epoch {p.epoch} + {p.epoch_step} batches "
+            f"(step {p.step}){changed}{replay}"
         )
-    sys.stdout.flush()
-    result = trainer.fit()
-    return TrainOutcome(result, run_dir, cfg, time.perf_counter() - t_start, dist.is_main)
+    return lines
 
 
 def _silent(message: str) -> None:

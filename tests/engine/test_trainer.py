@@ -18,6 +18,7 @@ from resnext.data import LoaderOrder, TensorImages, TransformedDataset, make_loa
 from resnext.engine import (
     ModelEma,
     NonFiniteLossError,
+    RunSetup,
     Trainer,
     build_optimizer,
     build_scheduler,
@@ -26,6 +27,7 @@ from resnext.engine import (
     scaled_lr,
     set_rng_state,
 )
+from resnext.engine.setup import resolve_train_config
 from resnext.errors import DataError
 from resnext.inference.metrics import run_metrics
 
@@ -229,18 +231,18 @@ def _cfg(*overrides: str):
 def _trainer(model: nn.Module, cfg, run_dir: Path, **kw) -> Trainer:
     kw.setdefault("val_set", None)
     kw.setdefault("test_set", None)
-    return Trainer(
-        model,
-        kw.pop("train_set", _data()),
-        kw.pop("val_set"),
-        kw.pop("test_set"),
-        cfg,
-        run_dir,
+    setup = RunSetup(
+        model=model,
+        train_set=kw.pop("train_set", _data()),
+        val_set=kw.pop("val_set"),
+        test_set=kw.pop("test_set"),
+        cfg=cfg,
+        run_dir=run_dir,
         classes=["a", "b", "c"],
         preprocess={"image_size": 8},
         device=torch.device("cpu"),
-        log=lambda _: None,
     )
+    return Trainer(setup, log=lambda _: None)
 
 
 def test_gradient_accumulation_equals_the_big_batch(tmp_path: Path) -> None:
@@ -382,9 +384,10 @@ def test_bf16_training_computes_in_bf16_keeps_fp32_weights_and_learns(tmp_path: 
     assert 0 < diff < 0.05
 
 
-def test_fp16_on_cpu_is_refused(tmp_path: Path) -> None:
+def test_fp16_on_cpu_is_refused() -> None:
+    """By the run's set-up, which resolves and checks the config before anything is built."""
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
-        _trainer(TinyNet(), _cfg("train.precision=fp16"), tmp_path)
+        resolve_train_config(_cfg("train.precision=fp16"), torch.device("cpu"))
 
 
 class Oracle(nn.Module):

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..config import load_config
 from ..configdoc import format_config, load_config_sources
+from ..engine.setup import resolve_run_config
 from ..table import format_table
-from ..training import TrainOutcome, resolve_run_config, train
+from ..training import TrainOutcome, train
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(config, overrides)
     if args.print_config:
         sources = load_config_sources(config, overrides)
-        cfg, _, _ = resolve_run_config(cfg, config_given=config is not None, overrides=overrides)
+        cfg, _ = resolve_run_config(cfg, config_given=config is not None, overrides=overrides)
         print(format_config(cfg, sources), end="")
         return 0
     outcome = train(cfg, config_given=config is not None, overrides=overrides)

@@ -120,6 +120,12 @@ class TransformedDataset(Dataset):
         rather than sample by sample; what every split and loader dataset answers."""
         return bool(getattr(self.base, "streamed", False))
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The shard pack's fingerprint for a shard split (what a resume checks it reads the
+        same pack by); None for map-style readers."""
+        return self.base.fingerprint if self.streamed else None
+
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 

@@ -6,6 +6,7 @@ from .optim import build_optimizer, build_scheduler, lr_factor_fn, scaled_lr
 from .progress import FitResult
 from .resume import RESUME_MAY_CHANGE, check_resume_compatible
 from .rng import get_rng_state, seed_everything, set_rng_state
+from .setup import Resume, RunSetup
 from .trainer import NonFiniteLossError, Trainer
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "FitResult",
     "ModelEma",
     "NonFiniteLossError",
+    "Resume",
+    "RunSetup",
     "Trainer",
     "barrier",
     "build_optimizer",

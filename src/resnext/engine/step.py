@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
 from ..errors import ConfigError
-from ..runtime import autocast, train_precision
+from ..runtime import autocast
 from .distributed import DistInfo
 from .ema import ModelEma
 from .optim import build_optimizer, build_scheduler, scaled_lr
@@ -44,8 +44,7 @@ class Stepper:
         log: Callable[[str], None] = print,
     ) -> None:
         tc = cfg.train
-        # auto: resolved here too for callers that build a Stepper from a raw config
-        precision = train_precision(tc.precision, device)
+        precision = tc.precision  # resolved by the run's set-up: never auto here
         self.model, self.device, self.precision = model, device, precision
         self.clip = tc.clip_grad_norm
         self.ema = ModelEma(model, tc.ema_decay) if tc.ema_decay else None

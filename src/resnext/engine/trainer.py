@@ -11,33 +11,29 @@ deterministic settings.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
 from ..checkpoint import save_checkpoint as write_checkpoint
-from ..config import Config
 from ..data import LoaderOrder, bad_file_report, make_loader, set_loader_epoch
 from ..errors import ConfigError, DataError, TrainingError
-from ..runtime import check_precision, train_precision
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
 from .progress import FitResult, Progress
 from .rng import get_rng_state, set_rng_state
 from .runlog import RunLog
+from .setup import RunSetup
 from .step import Stepper
 from .sync_bn import convert_sync_batchnorm
 from .validation import SplitEvaluator
-
-SINGLE = DistInfo()  # a single process: no process group
 
 
 def _rank0_printer(log: Callable[[str], None] | None, dist: DistInfo) -> Callable[[str], None]:
@@ -52,59 +48,30 @@ class NonFiniteLossError(TrainingError):
 
 
 class Trainer:
-    """Trains ``model`` on ``train_set``, selects on ``val_set``, tests once on ``test_set``.
+    """Trains ``setup.model`` on its train set, selects on val, tests once on test.
 
     Args:
-        model: the network, on CPU or already on ``device``; its ``arch`` (if any) is saved.
-        train_set, val_set, test_set: transformed datasets yielding ``(image, label)``;
-            ``train_set`` must accept ``(index, sample_seed)`` keys (see
-            :class:`~resnext.data.TransformedDataset`). ``val_set`` None = keep the
-            last epoch; ``test_set`` None = no final test.
-        cfg: the resolved run config (optim, schedule and train sections are used here;
-            the whole of it is stored in every checkpoint).
-        run_dir: folder for checkpoints and the run log (written by rank 0 only).
-        classes: class names in label order; ``preprocess``: the evaluation record
-            (:meth:`~resnext.data.Preprocess.to_dict`) stored in checkpoints.
-        device: where to train; ``dist``: this process's place in a DDP job.
+        setup: the resolved run (:class:`~resnext.engine.setup.RunSetup`); nothing in it is
+            checked again here. Its ``resume``, if any, is loaded at once (:meth:`load_state`).
         log: where one-line messages go (the progress bar's ``write`` by default).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        train_set: Dataset,
-        val_set: Dataset | None,
-        test_set: Dataset | None,
-        cfg: Config,
-        run_dir: str | Path,
-        *,
-        classes: list[str],
-        preprocess: Mapping[str, Any],
-        device: torch.device,
-        dist: DistInfo = SINGLE,
-        log: Callable[[str], None] | None = None,
-    ) -> None:
-        # auto: resnext.training resolves it first and says so; here for direct callers
-        chosen = train_precision(cfg.train.precision, device)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=chosen))
+    def __init__(self, setup: RunSetup, *, log: Callable[[str], None] | None = None) -> None:
+        cfg, device, dist = setup.cfg, setup.device, setup.dist
         self.cfg, self.tc = cfg, cfg.train
-        self.train_set, self.val_set, self.test_set = train_set, val_set, test_set
-        self.run_dir = Path(run_dir)
-        self.classes, self.preprocess = list(classes), dict(preprocess)
+        self.train_set, self.val_set, self.test_set = setup.train_set, setup.val_set, setup.test_set
+        self.run_dir = Path(setup.run_dir)
+        self.classes, self.preprocess = list(setup.classes), dict(setup.preprocess)
+        self.train_fingerprint = setup.train_fingerprint
         self.device, self.dist = device, dist
         self._say = _rank0_printer(log, dist)
-        check_precision(self.tc.precision, device, "train.precision")
-        if len(train_set) == 0:  # type: ignore[arg-type]
-            raise DataError("the train split is empty: nothing to train on")
-        if self.tc.max_steps is not None and self.tc.max_steps < 1:
-            raise ConfigError(f"train.max_steps must be at least 1, got {self.tc.max_steps}")
 
-        self.model = model.to(device)
+        self.model = setup.model.to(device)
         if self.tc.sync_bn:
             self.model = convert_sync_batchnorm(self.model, device, dist)
         if self.tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        per_rank = math.ceil(len(train_set) / dist.world_size)  # type: ignore[arg-type]
+        per_rank = math.ceil(len(self.train_set) / dist.world_size)  # type: ignore[arg-type]
         self.batches_per_epoch = math.ceil(per_rank / self.tc.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.tc.accumulate_steps)
         # The schedule spans the recipe's epochs; train.max_steps only stops early, so a
@@ -125,9 +92,21 @@ class Trainer:
 
         self.progress = Progress(epoch_sums=torch.zeros(3, dtype=torch.float64, device=device))
         self.resumed_from: Path | None = None
-        self._train_loader_: DataLoader | None = None  # one loader for the whole run
+        # One train loader for the whole run (its workers persist), made now: a shard split
+        # with fewer shards than the job's streams is refused before the run folder is made.
+        self.train_loader = make_loader(
+            self.train_set,
+            self.tc.batch_size,
+            LoaderOrder(
+                shuffle=True,
+                seed=self.tc.seed,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            ),
+            num_workers=self.cfg.data.num_workers,
+        )
         self.evaluate = SplitEvaluator(
-            {"val": val_set, "test": test_set},
+            {"val": self.val_set, "test": self.test_set},
             batch_size=self.tc.batch_size * 2,
             num_workers=cfg.data.num_workers,
             num_classes=len(self.classes),
@@ -137,6 +116,8 @@ class Trainer:
             dist=dist,
         )
         self.runlog: RunLog | None = None
+        if setup.resume is not None:
+            self.load_state(setup.resume.checkpoint, setup.resume.path)
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -169,14 +150,9 @@ class Trainer:
                 "selected": self.selected,
                 "world_size": self.dist.world_size,
                 "train_images": len(self.train_set),  # type: ignore[arg-type]
-                **({"train_shards": self._shards} if self._shards else {}),
+                **({"train_shards": self.train_fingerprint} if self.train_fingerprint else {}),
             },
         )
-
-    @property
-    def _shards(self) -> str | None:
-        """The fingerprint of a shard-streamed train split (its order depends on the pack)."""
-        return getattr(getattr(self.train_set, "base", None), "fingerprint", None)
 
     def load_state(self, ckpt: dict[str, Any], path: str | Path | None = None) -> None:
         """Continue from a checkpoint written by :meth:`state` (weights, optimizer, RNG...)."""
@@ -194,11 +170,11 @@ class Trainer:
                 f"data.root={self.cfg.data.root!r} does not hold the run's data, and the run "
                 "cannot continue exactly; point data.root at the same dataset"
             )
-        was = metrics.get("train_shards")
-        if was is not None and was != self._shards:
+        was, now = metrics.get("train_shards"), self.train_fingerprint
+        if was is not None and was != now:
             raise DataError(
                 f"data.root={self.cfg.data.root!r} is not the pack the checkpoint's run read "
-                f"(shard fingerprint {self._shards} vs {was}): the same images packed into "
+                f"(shard fingerprint {now} vs {was}): the same images packed into "
                 "other shards come in another order, so the run cannot continue exactly; "
                 "point data.root at the run's own pack"
             )
@@ -219,20 +195,8 @@ class Trainer:
 
     # -- data --------------------------------------------------------------------------
     def _train_loader(self) -> DataLoader:
-        """The run's one train loader (workers persist); re-seeded each epoch via its sampler."""
-        if self._train_loader_ is None:
-            self._train_loader_ = make_loader(
-                self.train_set,
-                self.tc.batch_size,
-                LoaderOrder(
-                    shuffle=True,
-                    seed=self.tc.seed,
-                    rank=self.dist.rank,
-                    world_size=self.dist.world_size,
-                ),
-                num_workers=self.cfg.data.num_workers,
-            )
-        loader = self._train_loader_
+        """The run's train loader, re-seeded for the current epoch (and batch) via its sampler."""
+        loader = self.train_loader
         set_loader_epoch(loader, self.progress.epoch, self.progress.epoch_step * self.tc.batch_size)
         return loader
 

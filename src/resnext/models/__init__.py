@@ -2,6 +2,7 @@
 
 from .block_forms import convert_block_form
 from .blocks import BLOCK_FORMS, GroupedBottleneck, SplitConcatBottleneck, SplitSumBottleneck
+from .build import ModelSpec, build_model
 from .complexity import Complexity, measure
 from .registry import (
     arch_from_stages,
@@ -18,10 +19,12 @@ __all__ = [
     "Architecture",
     "Complexity",
     "GroupedBottleneck",
+    "ModelSpec",
     "ResNeXt",
     "SplitConcatBottleneck",
     "SplitSumBottleneck",
     "arch_from_stages",
+    "build_model",
     "convert_block_form",
     "create_model",
     "default_input_size",
