@@ -1,7 +1,8 @@
 """The ``resnext`` command: one sub-command per job.
 
-Each sub-command lives in its own module under :mod:`resnext.commands` and exposes
-``add_parser(subparsers)``, which registers it with a ``run(args) -> int`` handler. Errors a
+Each sub-command lives in its own module under :mod:`resnext.commands` and exposes ``HELP``
+(its line in ``resnext --help``), optionally ``DESCRIPTION`` and ``USAGE``,
+``add_arguments(parser)`` and a ``run(args) -> int`` handler. Errors a
 user can cause (:class:`~resnext.errors.ResnextError`) print one line; others are bugs and
 keep their traceback.
 """
@@ -46,7 +47,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             if e.name == f"resnext.commands.{name}":
                 continue  # sub-command not part of this build
             raise
-        module.add_parser(sub)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", None),
+            usage=getattr(module, "USAGE", None),
+        )
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
     return parser
 
 

@@ -20,20 +20,19 @@ from ..errors import ConfigError
 from ..models import Architecture
 from .common import add_ema_options
 
+HELP = "average the weights of checkpoints of one architecture (BN statistics included)"
+USAGE = "resnext average CHECKPOINT CHECKPOINT [...] -o OUT [--ema | --no-ema]"
+DESCRIPTION = """\
+Average the weights of two or more checkpoints of one architecture, class list and preprocessing
+(every floating-point tensor, BN running statistics included) into an inference-only checkpoint
+that eval, predict and export read.
+"""
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "average",
-        help="average the weights of checkpoints of one architecture (BN statistics included)",
-        usage="resnext average CHECKPOINT CHECKPOINT [...] -o OUT [--ema | --no-ema]",
-        description="Average the weights of two or more checkpoints of one architecture, class "
-        "list and preprocessing (every floating-point tensor, BN running statistics included) "
-        "into an inference-only checkpoint that eval, predict and export read.",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more checkpoints")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint to write")
     add_ema_options(p, "average")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

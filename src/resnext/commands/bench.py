@@ -18,15 +18,16 @@ DEFAULT_MODELS = ("resnext50_32x4d", "resnext29_8x64d")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="images/s of our back-ends and precisions beside torchvision and onnxruntime",
-        description="Measure, in one run, the inference paths and a training step of each "
-        "model on this device: the median of --repeat timed batches, the ratio to the "
-        "reference (torchvision's default path where it has the model, else ours in NCHW "
-        "fp32), the share of this device's measured dense-math ceiling, and peak memory.",
-    )
+HELP = "images/s of our back-ends and precisions beside torchvision and onnxruntime"
+DESCRIPTION = """\
+Measure, in one run, the inference paths and a training step of each model on this device: the
+median of --repeat timed batches, the ratio to the reference (torchvision's default path where
+it has the model, else ours in NCHW fp32), the share of this device's measured dense-math
+ceiling, and peak memory.
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME", help="registry names"
     )
@@ -41,7 +42,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip torch.compile paths (each compiles for tens of seconds)",
     )
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

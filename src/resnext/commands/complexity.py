@@ -8,11 +8,10 @@ from ..errors import ConfigError
 from ..models import create_model, default_input_size, measure
 from ..table import format_table
 
+HELP = "params, FLOPs (multiply-adds) and activations of a model"
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "complexity", help="params, FLOPs (multiply-adds) and activations of a model"
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="model name, e.g. resnext50_32x4d")
     p.add_argument(
         "--input-size",
@@ -27,7 +26,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="c",
         help="paper Fig. 3 form (same counts for all three)",
     )
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,15 +13,15 @@ from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..convert import IMPORTERS, import_weights, save_imported
 from ..errors import ConfigError
 
+HELP = "import weights (Torch7 .t7, torchvision/timm .pth, Lornatang .pth.tar, Chainer .npz)"
+DESCRIPTION = """\
+Convert a weights file of another ecosystem into a resnext model file: DST.safetensors and
+DST.json (architecture, class names, the source's evaluation preprocessing, provenance), which
+every resnext command and Classifier load by path.
+"""
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="import weights (Torch7 .t7, torchvision/timm .pth, Lornatang .pth.tar, Chainer .npz)",
-        description="Convert a weights file of another ecosystem into a resnext model file: "
-        "DST.safetensors and DST.json (architecture, class names, the source's evaluation "
-        "preprocessing, provenance), which every resnext command and Classifier load by path.",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SRC", help="the file to import")
     p.add_argument("-o", "--output", required=True, metavar="DST", help="DST.safetensors")
     p.add_argument(
@@ -37,7 +37,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="state_dict: torchvision's V1 (256 -> 224) or V2 (232 -> 224) evaluation",
     )
     p.add_argument("--classes", metavar="FILE", help="class names, one per line, in output order")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

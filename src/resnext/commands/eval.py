@@ -30,14 +30,14 @@ from .common import IntermixedParser, add_model_options, runtime_from_args
 _OVERRIDE = re.compile(r"^[A-Za-z_]+\.[A-Za-z_]+=")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="top-1/top-5 accuracy of checkpoints or an ensemble (centre, 10-crop, large crop)",
-        description="Evaluate one checkpoint, or several as a softmax-averaged ensemble. "
-        "By default the data is the checkpoint's own dataset and its test split; "
-        "data.key=value overrides change it (as for train).",
-    )
+HELP = "top-1/top-5 accuracy of checkpoints or an ensemble (centre, 10-crop, large crop)"
+DESCRIPTION = """\
+Evaluate one checkpoint, or several as a softmax-averaged ensemble. By default the data is the
+checkpoint's own dataset and its test split; data.key=value overrides change it (as for train).
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.__class__ = IntermixedParser  # options and positionals in any order
     p.add_argument(
         "inputs",
@@ -64,7 +64,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--confusion", metavar="PNG", help="draw the confusion matrix (up to 100 classes)"
     )
-    p.set_defaults(run=run)
 
 
 def split_inputs(items: Sequence[str]) -> tuple[list[str], dict[str, Any]]:

@@ -23,16 +23,16 @@ from ..errors import WeightsError
 from ..export import FORMATS, SUFFIXES, TARGETS, check_output_path
 from .common import add_ema_options
 
+HELP = "write a checkpoint as ONNX, TorchScript or safetensors, checked against eager"
+DESCRIPTION = """\
+Export a checkpoint (or model file) for deployment. The file carries or sits beside
+(NAME.onnx.json, NAME.pt.json) its class names and preprocessing, and is read back by its
+runtime and compared with the eager model before it is kept.
+"""
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     endings = "; ".join(f"{f}: {' or '.join(s)}" for f, s in SUFFIXES.items())
-    p = sub.add_parser(
-        "export",
-        help="write a checkpoint as ONNX, TorchScript or safetensors, checked against eager",
-        description="Export a checkpoint (or model file) for deployment. The file carries or "
-        "sits beside (NAME.onnx.json, NAME.pt.json) its class names and preprocessing, and is "
-        "read back by its runtime and compared with the eager model before it is kept.",
-    )
     p.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="a `resnext train` checkpoint or model file"
     )
@@ -44,7 +44,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's, 20)"
     )
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,11 +7,11 @@ import argparse
 from ..models import create_model, default_input_size, list_models, measure
 from ..table import format_table
 
+HELP = "list the named models with params and GFLOPs"
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the named models with params and GFLOPs")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", default="", help="only names containing this text")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,18 +15,18 @@ from ..data.pack import DEFAULT_SHARD_BYTES, pack_dataset, parse_size
 from ..data.shards import SPLITS
 from ..table import format_table
 
+HELP = "write a dataset into WebDataset tar shards (data.name=webdataset trains from them)"
+USAGE = "resnext pack [CONFIG.yaml] [data.key=value ...] -o FOLDER [--shard-size 256MB]"
+DESCRIPTION = """\
+Write the train, val and test splits of any dataset the readers read (the config's data section:
+a recipe and/or data.key=value overrides, as for resnext train) into WebDataset tar shards with
+an index.json of classes and counts. Image files are stored as they are (their own bytes),
+in-memory datasets as PNG. Train from the result with: resnext train data.name=webdataset
+data.root=FOLDER
+"""
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "pack",
-        help="write a dataset into WebDataset tar shards (data.name=webdataset trains from them)",
-        usage="resnext pack [CONFIG.yaml] [data.key=value ...] -o FOLDER [--shard-size 256MB]",
-        description="Write the train, val and test splits of any dataset the readers read (the "
-        "config's data section: a recipe and/or data.key=value overrides, as for resnext train) "
-        "into WebDataset tar shards with an index.json of classes and counts. Image files are "
-        "stored as they are (their own bytes), in-memory datasets as PNG. Train from the result "
-        "with: resnext train data.name=webdataset data.root=FOLDER",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", default=None, help="YAML recipe (default: the defaults)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.name=cifar10")
     p.add_argument("-o", "--output", required=True, metavar="FOLDER", help="empty folder to fill")
@@ -63,7 +63,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "found in training)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

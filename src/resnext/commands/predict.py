@@ -19,16 +19,18 @@ from ..inference import Classifier
 from ..inference.classes import with_id
 from .common import IntermixedParser, add_model_options, runtime_from_args
 
+HELP = "top-k classes of images or folders of images"
+USAGE = (
+    "resnext predict CHECKPOINT IMAGE_OR_FOLDER [...] [options]\n"
+    "       resnext predict --model NAME --weights FILE IMAGE_OR_FOLDER [...] [options]"
+)
+DESCRIPTION = """\
+Classify images with a checkpoint (or --model NAME --weights FILE, then every positional
+argument is an image or folder).
+"""
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="top-k classes of images or folders of images",
-        usage="resnext predict CHECKPOINT IMAGE_OR_FOLDER [...] [options]\n"
-        "       resnext predict --model NAME --weights FILE IMAGE_OR_FOLDER [...] [options]",
-        description="Classify images with a checkpoint (or --model NAME --weights FILE, then "
-        "every positional argument is an image or folder).",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.__class__ = IntermixedParser  # options and positionals in any order
     p.add_argument(
         "inputs",
@@ -46,7 +48,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="images per forward pass (default 16: the next batch is decoded while the model "
         "runs this one, and small batches start the model sooner)",
     )
-    p.set_defaults(run=run)
 
 
 def collect(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:

@@ -32,14 +32,15 @@ _SETTINGS_OPTIONS = (
 )  # fmt: skip
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="serve a model over HTTP: a JSON API with dynamic batching, and a page to try it",
-        description="Serve a checkpoint, model file or exported .onnx: POST /v1/predict, "
-        "GET /v1/model, /healthz, /readyz, and a page at /. Binds to 127.0.0.1: put a "
-        "reverse proxy in front to serve other machines. Needs pip install 'resnext[serve]'.",
-    )
+HELP = "serve a model over HTTP: a JSON API with dynamic batching, and a page to try it"
+DESCRIPTION = """\
+Serve a checkpoint, model file or exported .onnx: POST /v1/predict, GET /v1/model, /healthz,
+/readyz, and a page at /. Binds to 127.0.0.1: put a reverse proxy in front to serve other
+machines. Needs pip install 'resnext[serve]'.
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="CHECKPOINT_OR_EXPORT", help="the model to serve")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument(
@@ -55,7 +56,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="server processes, each with its own model copy and batcher (default 1)",
     )
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,16 +16,14 @@ from ..engine.setup import resolve_run_config
 from ..table import format_table
 from ..training import TrainOutcome, train
 
+HELP = "train a ResNeXt (no arguments: the built-in digits demo)"
+DESCRIPTION = """\
+Train a ResNeXt from a YAML recipe (configs/*.yaml) with key=value overrides. With no arguments:
+the demo recipe on the built-in digits dataset.
+"""
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a ResNeXt (no arguments: the built-in digits demo)",
-        description=(
-            "Train a ResNeXt from a YAML recipe (configs/*.yaml) with key=value overrides. "
-            "With no arguments: the demo recipe on the built-in digits dataset."
-        ),
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "config",
         nargs="?",
@@ -43,7 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the fully resolved config, each key with its comment, and exit",
     )
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
