@@ -112,6 +112,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     ema_decay: float | None = 0.98  # EMA of the weights: w_ema = d*w_ema + (1-d)*w (None = off)
     eval_ema: bool = True  # with an EMA: select the model and test with the EMA weights
+    # recompute: measured for the averaged weights on train batches before each validation
+    # and checkpoint; copy: the trained model's; average: averaged with the weights' decay, as
+    # timm and torchvision do (early in a run they describe weights the EMA no longer has)
+    ema_bn: str = "recompute"  # the EMA's BN statistics: recompute | copy | average
+    ema_bn_batches: int = 16  # train batches that recompute measures the EMA's BN statistics on
     seed: int = 0  # seed of weights init, shuffling and augmentation
     deterministic: bool = True  # deterministic kernels (bitwise-exact resume on CPU)
     device: str = "auto"  # auto (CUDA if present, else CPU) | cpu | cuda | cuda:N
@@ -154,6 +159,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": registry_names.OPTIMIZERS,
     "schedule.name": registry_names.SCHEDULES,
     "train.precision": TRAIN_PRECISIONS,
+    "train.ema_bn": registry_names.EMA_BN_MODES,
 }
 
 # Keys of earlier versions, read from stored configs (checkpoints) and old recipes:
@@ -291,6 +297,10 @@ def _check_values(cfg: Config) -> None:
     if cfg.train.ema_decay is not None and not 0.0 < cfg.train.ema_decay < 1.0:
         raise ConfigError(
             f"train.ema_decay must be in (0, 1), e.g. 0.9999, got {cfg.train.ema_decay}"
+        )
+    if cfg.train.ema_bn_batches < 1:
+        raise ConfigError(
+            f"train.ema_bn_batches must be at least 1 (e.g. 16), got {cfg.train.ema_bn_batches}"
         )
     if not 0.0 <= cfg.train.label_smoothing < 1.0:
         raise ConfigError(

@@ -30,3 +30,5 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 OPTIMIZERS = ("sgd",)
 #: ``schedule.name``: the learning-rate schedules of engine/optim.py.
 SCHEDULES = ("step", "multistep", "cosine", "constant")
+#: ``train.ema_bn``: how the EMA keeps its BatchNorm statistics (engine/ema.py).
+EMA_BN_MODES = ("recompute", "copy", "average")

@@ -69,6 +69,14 @@ def summary_rows(outcome: TrainOutcome) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = [("result", "value")]
     if r.best_val_top1 is not None:
         rows.append(("best val top-1", f"{r.best_val_top1:.2f}% (epoch {r.best_epoch})"))
+        last = next((h for h in reversed(r.history) if "val_top1_ema" in h), None)
+        if last is not None:  # both weights, so a gap between the EMA and the model shows
+            rows.append(
+                (
+                    f"last val top-1 (epoch {last['epoch']}): trained / EMA",
+                    f"{last['val_top1_model']:.2f}% / {last['val_top1_ema']:.2f}%",
+                )
+            )
     elif r.best_epoch is not None:
         rows.append(("model selection", f"last epoch ({r.best_epoch}): no val split"))
     else:

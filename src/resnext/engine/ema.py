@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-#: How the EMA's BatchNorm running statistics are kept:
-#: ``average``: averaged along the trajectory with the weights' decay (timm's ModelEmaV2,
-#: torchvision's ``AveragedModel(use_buffers=True)``); they describe earlier, still-moving
-#: weights, not the averaged ones, so early in a run the EMA can score far below the model.
-#: ``copy``: the trained model's current statistics, copied at every update.
-#: ``recompute``: copied at every update, then measured afresh for the averaged weights on a
-#: fixed set of training batches before each validation and checkpoint (SWA's ``update_bn``).
-EMA_BN_MODES = ("average", "copy", "recompute")
+from ..registry_names import EMA_BN_MODES
+
+# How the EMA's BatchNorm running statistics are kept (``train.ema_bn``):
+# ``average``: averaged along the trajectory with the weights' decay (timm's ModelEmaV2,
+# torchvision's ``AveragedModel(use_buffers=True)``); they describe earlier, still-moving
+# weights, not the averaged ones, so early in a run the EMA can score far below the model.
+# ``copy``: the trained model's current statistics, copied at every update.
+# ``recompute``: copied at every update, then measured afresh for the averaged weights on a
+# fixed set of training batches before each validation and checkpoint (SWA's ``update_bn``).
 
 
 class ModelEma:
@@ -60,12 +62,21 @@ class ModelEma:
             torch._foreach_lerp_(averaged, targets, 1.0 - self.decay)
 
     @torch.no_grad()
-    def recompute_bn(self, batches: Iterable[torch.Tensor]) -> int:
-        """Measure the EMA's BN running statistics afresh on ``batches`` (image tensors on the
-        EMA's device), as an equal-weight average over them; returns the image count.
+    def recompute_bn(
+        self,
+        loader: Iterable[tuple[torch.Tensor, Any]],
+        batches: int,
+        device: torch.device,
+        channels_last: bool = False,
+    ) -> int:
+        """Measure the EMA's BN running statistics afresh on the first ``batches`` (images,
+        labels) batches of ``loader``, as an equal-weight average over them; returns the
+        image count.
 
         Each BN layer's mean and variance come out as ``update_bn`` (SWA) computes them: the
         running estimates are reset and ``momentum=None`` makes them a cumulative average.
+        The global RNG is left as it was (a loader may draw from it), so the training that
+        goes on, and an exact resume, do not depend on when this ran.
         """
         layers = [m for m in self.module.modules() if isinstance(m, _BatchNorm)]
         if not layers:
@@ -77,9 +88,13 @@ class ModelEma:
         images = 0
         self.module.train()
         try:
-            for x in batches:
-                self.module(x)
-                images += len(x)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                for _, (x, _) in zip(range(batches), loader, strict=False):
+                    x = x.to(device)
+                    self.module(
+                        x.contiguous(memory_format=torch.channels_last) if channels_last else x
+                    )
+                    images += len(x)
         finally:
             self.module.eval()
             for m, momentum in zip(layers, momenta, strict=True):

@@ -15,7 +15,8 @@ def plot_curves(
     """Train/val loss (left) and top-1 accuracy (right) per epoch, from the epoch records.
 
     Train values are running averages over each epoch in train mode (augmented, BN batch
-    statistics); val values come from the weights being selected (``val_label`` says which).
+    statistics); val loss comes from the weights being selected (``val_label`` says which),
+    val accuracy from both the trained and the EMA weights where the run keeps an EMA.
     """
     import matplotlib
 
@@ -30,7 +31,11 @@ def plot_curves(
     if val:
         ve = [r["epoch"] for r in val]
         ax_loss.plot(ve, [r["val_loss"] for r in val], label=val_label)
-        ax_acc.plot(ve, [r["val_top1"] for r in val], label=val_label)
+        if all("val_top1_ema" in r for r in val):  # an EMA run: both weights' accuracy
+            ax_acc.plot(ve, [r["val_top1_model"] for r in val], label="val (trained weights)")
+            ax_acc.plot(ve, [r["val_top1_ema"] for r in val], label="val (EMA weights)")
+        else:
+            ax_acc.plot(ve, [r["val_top1"] for r in val], label=val_label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):

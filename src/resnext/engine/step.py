@@ -47,7 +47,7 @@ class Stepper:
         precision = tc.precision  # resolved by the run's set-up: never auto here
         self.model, self.device, self.precision = model, device, precision
         self.clip = tc.clip_grad_norm
-        self.ema = ModelEma(model, tc.ema_decay) if tc.ema_decay else None
+        self.ema = ModelEma(model, tc.ema_decay, bn=tc.ema_bn) if tc.ema_decay else None
         total_batch = tc.batch_size * tc.accumulate_steps * dist.world_size
         self.lr = scaled_lr(cfg.optim, total_batch)
         self.optimizer = build_optimizer(model, cfg.optim, self.lr)

@@ -116,6 +116,7 @@ class Trainer:
             dist=dist,
         )
         self.runlog: RunLog | None = None
+        self._ema_bn_step: int | None = None  # the step the EMA's BN statistics were measured at
         if setup.resume is not None:
             self.load_state(setup.resume.checkpoint, setup.resume.path)
 
@@ -203,11 +204,29 @@ class Trainer:
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.selected == "ema" else self.model
 
+    def _refresh_ema_bn(self) -> None:
+        """``train.ema_bn=recompute``: measure the EMA's BN statistics for its own weights on
+        ``train.ema_bn_batches`` train batches (the same ones each time: epoch 0's first
+        batches of this rank) before it is validated or saved."""
+        if (
+            self.ema is None
+            or self.ema.bn != "recompute"
+            or self._ema_bn_step == self.progress.step
+        ):
+            return
+        order = LoaderOrder(
+            shuffle=True, seed=self.tc.seed, rank=self.dist.rank, world_size=self.dist.world_size
+        )
+        loader = make_loader(self.train_set, self.tc.batch_size, order, num_workers=0)
+        self.ema.recompute_bn(loader, self.tc.ema_bn_batches, self.device, self.tc.channels_last)
+        self._ema_bn_step = self.progress.step
+
     # -- the loop ----------------------------------------------------------------------
     def _save_last(self) -> None:
         """Write last.pt (rank 0). Every rank calls it: under DDP the running sums of the
         epoch in progress are summed over processes first, so last.pt holds the whole job's
         (rank 0 takes them back on resume, the other ranks start from zero)."""
+        self._refresh_ema_bn()
         own = self.progress.epoch_sums
         if self.dist.enabled:
             self.progress.epoch_sums = all_reduce_sum(own.clone(), self.dist)
@@ -312,9 +331,17 @@ class Trainer:
         due = p.epoch % self.tc.eval_every == 0 or p.epoch == self.tc.epochs
         improved = False
         if self.val_set is not None and due:
+            self._refresh_ema_bn()
             broadcast_buffers(self._eval_model(), self.dist)  # validate what rank 0 saves
             val = self.evaluate("val", self._eval_model())
             record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+            if self.ema is not None:  # both weights' val top-1, so a gap between them shows
+                other = self.model if self.selected == "ema" else self.ema.module
+                broadcast_buffers(other, self.dist)
+                record[f"val_top1_{self.selected}"] = val["top1"]
+                record[f"val_top1_{'model' if self.selected == 'ema' else 'ema'}"] = self.evaluate(
+                    "val", other
+                )["top1"]
             if p.best_top1 is None or val["top1"] > p.best_top1:
                 p.best_top1, p.best_epoch, improved = val["top1"], p.epoch, True
         elif self.val_set is None:
@@ -334,6 +361,8 @@ class Trainer:
             msg += f"  val loss {record['val_loss']:.4f} top-1 {record['val_top1']:6.2f}%" + (
                 " *" if improved else ""
             )
+            if self.selected == "ema":
+                msg += f"  (trained weights {record['val_top1_model']:6.2f}%)"
         self.log(msg)
         if skipped.count:
             self.log(f"epoch {p.epoch:>3}: {skipped}")

@@ -1,0 +1,122 @@
+"""The EMA's BatchNorm statistics under each ``train.ema_bn`` mode (resnext.engine.ema)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from resnext.config import from_dict
+from resnext.engine.ema import ModelEma
+from resnext.errors import ConfigError
+from resnext.registry_names import EMA_BN_MODES
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+
+
+def _train_step(model: nn.Module, seed: int) -> None:
+    """Moves the weights and the BN running statistics, as a training step does."""
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        model(torch.randn(8, 3, 8, 8, generator=g) * 2 + 1)
+
+
+def test_average_lerps_the_bn_statistics_like_the_weights() -> None:
+    model = _net()
+    ema = ModelEma(model, decay=0.75, bn="average")
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    _train_step(model, 1)
+    ema.update(model)
+    new = model.state_dict()
+    for key in ("0.weight", "1.running_mean", "1.running_var"):
+        expected = 0.75 * before[key] + 0.25 * new[key]
+        torch.testing.assert_close(ema.state_dict()[key], expected)
+    assert ema.state_dict()["1.num_batches_tracked"] == new["1.num_batches_tracked"]
+
+
+@pytest.mark.parametrize("mode", ["copy", "recompute"])
+def test_copy_and_recompute_take_the_models_statistics_and_average_the_weights(mode) -> None:
+    model = _net()
+    ema = ModelEma(model, decay=0.75, bn=mode)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    _train_step(model, 1)
+    ema.update(model)
+    new, own = model.state_dict(), ema.state_dict()
+    for key in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(own[key], new[key]), key
+    torch.testing.assert_close(own["0.weight"], 0.75 * before["0.weight"] + 0.25 * new["0.weight"])
+    assert not torch.equal(own["0.weight"], new["0.weight"])
+
+
+def test_recompute_measures_the_statistics_of_the_averaged_weights() -> None:
+    model = _net()
+    ema = ModelEma(model, decay=0.5, bn="recompute")
+    for seed in range(3):
+        _train_step(model, seed)
+        ema.update(model)
+    g = torch.Generator().manual_seed(9)
+    batches = [torch.randn(5, 3, 8, 8, generator=g) * 3 - 1 for _ in range(4)]
+    momentum = ema.module[1].momentum
+    rng = torch.get_rng_state()
+    loader = [(x, None) for x in batches] + [(torch.full((5, 3, 8, 8), 1e3), None)]
+    assert ema.recompute_bn(loader, 4, torch.device("cpu")) == 20  # the first 4 batches only
+    assert torch.equal(torch.get_rng_state(), rng)
+    # SWA's update_bn: an equal-weight average of the batches' means and unbiased variances,
+    # computed here from the EMA's own first convolution (not the trained model's).
+    with torch.no_grad():
+        feats = [ema.module[0](x) for x in batches]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(ema.module[1].running_mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ema.module[1].running_var, var, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ema.module[1].running_mean, model[1].running_mean)
+    assert ema.module[1].momentum == momentum and not ema.module.training
+    assert all(not p.requires_grad for p in ema.module.parameters())
+
+
+def test_modes_are_the_configs_choices_and_bad_values_are_refused() -> None:
+    assert from_dict({}).train.ema_bn == "recompute"
+    for mode in EMA_BN_MODES:
+        assert from_dict({"train": {"ema_bn": mode}}).train.ema_bn == mode
+    with pytest.raises(ConfigError, match=r"train\.ema_bn must be one of recompute, copy, average"):
+        from_dict({"train": {"ema_bn": "swa"}})
+    with pytest.raises(ConfigError, match=r"train\.ema_bn_batches must be at least 1"):
+        from_dict({"train": {"ema_bn_batches": 0}})
+    with pytest.raises(ValueError, match="EMA BN mode must be one of"):
+        ModelEma(_net(), 0.9, bn="swa")
+
+
+@pytest.mark.slow
+def test_the_ema_keeps_up_with_the_trained_weights_on_real_data(tmp_path, capsys) -> None:
+    """issue 21: once the EMA's window (1/(1-decay) = 20 steps here) is a few times past its
+    start, its val top-1 trails the trained weights' by at most a point, every epoch; each
+    epoch record, the epoch line and the summary carry both."""
+    from helpers import tiny_run
+    from resnext.cli import main
+
+    args = tiny_run(
+        "train.epochs=5",
+        "train.ema_decay=0.95",
+        "train.precision=fp32",
+        "train.tensorboard=false",
+        f"train.output_dir={tmp_path}",
+        "train.run_name=r",
+    )
+    assert main(["train", *args]) == 0
+    out = capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(epochs) == 5
+    for r in epochs:
+        assert r["val_top1"] == r["val_top1_ema"]  # the EMA is what is selected
+        if r["step"] >= 3 * 20:
+            assert r["val_top1_ema"] >= r["val_top1_model"] - 1.0, r
+    assert "(trained weights" in out and "last val top-1 (epoch 5): trained / EMA" in out
