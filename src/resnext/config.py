@@ -167,6 +167,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 RENAMED: dict[str, tuple[str, dict[Any, Any]]] = {
     "train.amp": ("train.precision", {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}),
 }
+# Keys added since checkpoints were first written, with the value that does what a run written
+# before them did: a stored config that lacks one reads it so (a resume then goes on as it was).
+ADDED: dict[str, Any] = {"train.ema_bn": "average"}
 
 
 def _to_plain(obj: Any) -> Any:
@@ -253,6 +256,19 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
                     f"{path} must be one of {', '.join(CHOICES[path])}, got {kwargs[key]!r}"
                 )
     return cls(**kwargs)
+
+
+def from_stored(data: dict[str, Any] | None) -> Config:
+    """A checkpoint's stored config as today's :class:`Config`: renamed keys under today's
+    names, and keys added since it was written (:data:`ADDED`) as that run had them."""
+    if not isinstance(data, dict) or not data:
+        return from_dict(data or {})  # refuses what is not a mapping, with its message
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key, value in ADDED.items():
+        section, name = key.split(".")
+        if isinstance(data.setdefault(section, {}), dict):
+            data[section].setdefault(name, value)
+    return from_dict(data)
 
 
 def from_dict(data: dict[str, Any]) -> Config:

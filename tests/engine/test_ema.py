@@ -120,3 +120,14 @@ def test_the_ema_keeps_up_with_the_trained_weights_on_real_data(tmp_path, capsys
         if r["step"] >= 3 * 20:
             assert r["val_top1_ema"] >= r["val_top1_model"] - 1.0, r
     assert "(trained weights" in out and "last val top-1 (epoch 5): trained / EMA" in out
+
+
+def test_a_checkpoint_from_before_train_ema_bn_resumes_averaging() -> None:
+    """A stored config written before the key existed reads it as what that run did."""
+    from resnext.config import from_stored
+
+    old = {"train": {"ema_decay": 0.99}, "model": {"name": "resnext29_2x4d"}}
+    assert from_stored(old).train.ema_bn == "average"
+    assert from_stored({**old, "train": {"ema_bn": "copy"}}).train.ema_bn == "copy"
+    assert from_stored(None).train.ema_bn == "recompute"  # nothing stored: today's defaults
+    assert old == {"train": {"ema_decay": 0.99}, "model": {"name": "resnext29_2x4d"}}

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import Config, from_dict
+from ..config import Config, from_stored
 from ..errors import ConfigError, WeightsError
 
 #: Config keys that may differ on resume, each with the reason it is safe.
@@ -128,7 +128,7 @@ def check_resume_compatible(
             f"{path} was trained on other classes ({len(ckpt.get('classes', []))} vs "
             f"{len(classes)} now); resume with the same dataset"
         )
-    old_cfg = from_dict(ckpt.get("config") or {})  # old key names read as today's
+    old_cfg = from_stored(ckpt.get("config"))  # read as today's keys
     old = _flat(old_cfg.to_dict())
     new = _flat(cfg.to_dict())
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

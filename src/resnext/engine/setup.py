@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..checkpoint import load_checkpoint
-from ..config import Config, from_dict, merge_overrides, resolve_batch_size
+from ..config import Config, from_dict, from_stored, merge_overrides, resolve_batch_size
 from ..errors import ConfigError
 from ..runtime import PRECISIONS, auto_train_precision, check_precision, configure_torch
 from .distributed import DistInfo
@@ -108,7 +108,7 @@ def resolve_run_config(
     path = find_resume(cfg)
     ckpt = load_checkpoint(path)
     if not config_given:
-        base = from_dict(ckpt.get("config") or {}).to_dict()  # old key names read as today's
+        base = from_stored(ckpt.get("config")).to_dict()  # read as today's keys
         base["train"]["max_steps"] = None
         cfg = from_dict(merge_overrides(base, [*(overrides or []), f"train.resume={path}"]))
     return cfg, Resume(path, ckpt)
@@ -123,7 +123,7 @@ def resolve_train_precision(
     if cfg.train.precision != "auto":
         return cfg, None
     # read as today's keys (a run of an older version stored train.amp)
-    stored = from_dict(ckpt.get("config") or {}).train.precision if ckpt is not None else None
+    stored = from_stored(ckpt.get("config")).train.precision if ckpt is not None else None
     if stored in PRECISIONS:
         precision, why = stored, "the precision the run started with"
         if precision == "fp16" and device.type != "cuda":
