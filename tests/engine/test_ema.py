@@ -131,3 +131,25 @@ def test_a_checkpoint_from_before_train_ema_bn_resumes_averaging() -> None:
     assert from_stored({**old, "train": {"ema_bn": "copy"}}).train.ema_bn == "copy"
     assert from_stored(None).train.ema_bn == "recompute"  # nothing stored: today's defaults
     assert old == {"train": {"ema_decay": 0.99}, "model": {"name": "resnext29_2x4d"}}
+
+
+def test_resuming_an_older_run_with_its_recipe_names_the_key_to_add(tmp_path) -> None:
+    """An old run's config.yaml lacks train.ema_bn, so it reads today's default: the refusal
+    says which key to add instead of only "use the run's config.yaml"."""
+    from helpers import TINY, tiny_checkpoint
+    from resnext.config import from_dict
+    from resnext.data import DIGITS_CLASSES
+    from resnext.engine.resume import check_resume_compatible
+    from resnext.models import create_model
+
+    path = tiny_checkpoint(tmp_path / "old.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["train"].pop("ema_bn", None)  # as a checkpoint of an older version
+    for k in ("optimizer", "scheduler", "epoch", "epoch_step", "step", "rng"):
+        ckpt[k] = ckpt.get(k) or {"state": 0}  # the training state a resumable run holds
+    cfg = from_dict(ckpt["config"])  # its config.yaml read as a recipe: ema_bn=recompute
+    model = create_model("resnext29_2x4d", num_classes=10, **TINY)
+    with pytest.raises(ConfigError, match=r"add train\.ema_bn=average to resume it"):
+        check_resume_compatible(ckpt, cfg, model, list(DIGITS_CLASSES), path)
+    fixed = from_dict({**ckpt["config"], "train": {**ckpt["config"]["train"], "ema_bn": "average"}})
+    check_resume_compatible(ckpt, fixed, model, list(DIGITS_CLASSES), path)

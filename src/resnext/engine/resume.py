@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import Config, from_stored
+from ..config import ADDED, Config, from_stored
 from ..errors import ConfigError, WeightsError
 
 #: Config keys that may differ on resume, each with the reason it is safe.
@@ -133,6 +133,14 @@ def check_resume_compatible(
     new = _flat(cfg.to_dict())
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     why = dict(WHY_REFUSED)
+    stored = ckpt.get("config") or {}
+    for key, value in ADDED.items():  # the run's own config.yaml predates the key too
+        section, name = key.split(".")
+        if name not in (stored.get(section) or {}):
+            why[key] = (
+                f"this run was written before {key} existed and trained as {key}={value}; "
+                f"add {key}={value} to resume it"
+            )
     for key, (test, _) in RESUME_MAY_CHANGE_IF.items():
         reason = test(old_cfg, cfg)
         if reason is not None:

@@ -206,18 +206,26 @@ class Trainer:
 
     def _refresh_ema_bn(self) -> None:
         """``train.ema_bn=recompute``: measure the EMA's BN statistics for its own weights on
-        ``train.ema_bn_batches`` train batches (the same ones each time: epoch 0's first
-        batches of this rank) before it is validated or saved."""
+        the first ``train.ema_bn_batches`` batches of a fixed pass over this rank's train
+        samples (epoch 0's order, the train transform) before the EMA is validated or saved.
+        Without sync BN only rank 0 measures: validation and checkpoints take its statistics."""
         if (
             self.ema is None
             or self.ema.bn != "recompute"
             or self._ema_bn_step == self.progress.step
+            or (not self.dist.is_main and not self.tc.sync_bn)
         ):
             return
         order = LoaderOrder(
             shuffle=True, seed=self.tc.seed, rank=self.dist.rank, world_size=self.dist.world_size
         )
-        loader = make_loader(self.train_set, self.tc.batch_size, order, num_workers=0)
+        loader = make_loader(
+            self.train_set,
+            self.tc.batch_size,
+            order,
+            num_workers=self.cfg.data.num_workers,
+            persistent_workers=False,
+        )
         self.ema.recompute_bn(loader, self.tc.ema_bn_batches, self.device, self.tc.channels_last)
         self._ema_bn_step = self.progress.step
 
@@ -339,9 +347,8 @@ class Trainer:
                 other = self.model if self.selected == "ema" else self.ema.module
                 broadcast_buffers(other, self.dist)
                 record[f"val_top1_{self.selected}"] = val["top1"]
-                record[f"val_top1_{'model' if self.selected == 'ema' else 'ema'}"] = self.evaluate(
-                    "val", other
-                )["top1"]
+                other_name = "model" if self.selected == "ema" else "ema"
+                record[f"val_top1_{other_name}"] = self.evaluate("val", other)["top1"]
             if p.best_top1 is None or val["top1"] > p.best_top1:
                 p.best_top1, p.best_epoch, improved = val["top1"], p.epoch, True
         elif self.val_set is None:
