@@ -85,14 +85,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"settings: {q.why}")
         print(f"calibration: {len(q.calibration.indices)} images of the {q.calibration.what}")
         gate = q.gate()
-        print(f"quantized in {q.quantize_seconds:.1f} s; gate on {gate.count} images of "
-              f"the {gate.images}:")
+        print(
+            f"quantized in {q.quantize_seconds:.1f} s; gate on {gate.count} images of "
+            f"the {gate.images}:"
+        )
         print(format_table(gate_table(gate)))
         print(verdict(gate))
         path, side = q.write()
         if not gate.passed:
-            print(f"warning: --force: written although the drop {gate.drop_pt:.2f} pt exceeds "
-                  f"--max-drop {gate.max_drop:g} pt (recorded in its metadata)")
+            print(
+                f"warning: --force: written although the drop {gate.drop_pt:.2f} pt exceeds "
+                f"--max-drop {gate.max_drop:g} pt (recorded in its metadata)"
+            )
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
         print(f"wrote {side} (architecture, classes, preprocessing, int8 settings and gate)")
     return 0

@@ -261,8 +261,10 @@ def _load(
     model = model_from_checkpoint(ckpt, use_ema=use_ema)
     classes = ckpt.get("classes") or default_class_names(model.arch.num_classes)
     if ckpt.get("preprocess") is None:
-        raise WeightsError(f"{path!r} stores no preprocess entry, so calibration images could "
-                           "not be prepared as the model expects")
+        raise WeightsError(
+            f"{path!r} stores no preprocess entry, so calibration images could "
+            "not be prepared as the model expects"
+        )
     source = {
         "format": "resnext-model" if is_model_file(path) else "resnext-checkpoint",
         "file": Path(path).name,
@@ -317,8 +319,9 @@ def _folder(path: Path, classes: Sequence[str]) -> Images:
     if not files:
         raise DataError(f"no images under {str(path)!r}")
     index = {c: i for i, c in enumerate(classes)}
-    labels = [index.get(f.relative_to(path).parts[0], -1) if f.parent != path else -1
-              for f in files]
+    labels = [
+        index.get(f.relative_to(path).parts[0], -1) if f.parent != path else -1 for f in files
+    ]
     labelled = all(y >= 0 for y in labels)
     reader = ImageFiles([(str(f), max(y, 0)) for f, y in zip(files, labels, strict=True)])
     return Images(f"{len(files)} images under {path}", reader, list(range(len(files))), labelled)
