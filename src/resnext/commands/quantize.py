@@ -51,6 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "config (default: the checkpoint's validation split)",
     )
     p.add_argument(
+        "--eval-split",
+        choices=("val", "test"),
+        default="val",
+        help="which split of the dataset the gate uses (default val)",
+    )
+    p.add_argument(
         "--eval-images", type=int, metavar="N", help="at most N gate images (default: all)"
     )
     p.add_argument(
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         eval_data=args.eval_data,
         eval_images=args.eval_images,
+        eval_split=args.eval_split,
         max_drop=args.max_drop,
         force=args.force,
         ema=args.ema,

@@ -60,6 +60,7 @@ class QuantizeOptions:
     method: str = "minmax"  # minmax | entropy | percentile
     eval_data: str | Path | None = None  # image folder or data config; None: validation split
     eval_images: int | None = None  # at most this many gate images (None: all)
+    eval_split: str = "val"  # the split of the checkpoint's dataset (or --eval-data config)
     max_drop: float = 1.0  # top-1 points the int8 model may lose
     force: bool = False  # write even past max_drop, figures in the metadata
     ema: bool | None = None  # EMA weights (None: those the training run selected)
@@ -69,6 +70,8 @@ class QuantizeOptions:
     def __post_init__(self) -> None:
         if self.images < 1:
             raise ConfigError(f"--images must be at least 1, got {self.images}")
+        if self.eval_split not in ("val", "test"):
+            raise ConfigError(f"the gate's split must be val or test, not {self.eval_split!r}")
         if self.eval_images is not None and self.eval_images < 1:
             raise ConfigError(f"--eval-images must be at least 1, got {self.eval_images}")
 
@@ -182,7 +185,7 @@ class Quantization:
             cal.indices, ev.labelled = order[held:][: o.images], cal.labelled
             return cal, ev
         cal.indices = order[: o.images]
-        ev = _source(o.eval_data, self._data, self._run, "val", self.classes, "--eval-data")
+        ev = _source(o.eval_data, self._data, self._run, o.eval_split, self.classes, "--eval-data")
         if o.eval_images is not None and len(ev.indices) > o.eval_images:
             pick = np.random.default_rng(SEED + 1).permutation(len(ev.indices))[: o.eval_images]
             ev.indices = [ev.indices[i] for i in sorted(pick)]
