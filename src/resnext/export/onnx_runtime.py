@@ -96,8 +96,11 @@ class OnnxModel(nn.Module):
         except TypeError as e:
             raise WeightsError(f"{str(self.path)!r}: unusable resnext.arch metadata: {e}") from e
         # int8 files (resnext quantize) say how they were made; None for fp32 exports.
-        int8 = props.get("resnext.int8")
-        self.int8: dict[str, Any] | None = json.loads(int8) if int8 else None
+        try:
+            int8 = json.loads(props.get("resnext.int8") or "null")
+        except json.JSONDecodeError as e:
+            raise WeightsError(f"{str(self.path)!r}: unreadable resnext.int8 metadata: {e}") from e
+        self.int8: dict[str, Any] | None = int8
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 

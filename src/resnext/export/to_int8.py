@@ -17,7 +17,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,6 @@ INT8_KEY = "resnext.int8"
 METHODS = ("minmax", "entropy", "percentile")
 FORMATS = ("qdq", "qoperator")
 TYPES = ("u8", "s8")
-#: The operators quantized by default: what onnxruntime has int8 kernels for in a ResNeXt
-#: (the rest, e.g. Flatten, stay as they are). ``("Conv",)`` leaves the residual Adds,
-#: pooling and the classifier in fp32.
-ALL_OPS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,9 @@ class Int8Settings:
     weights: str = "s8"  # s8 | u8 (per-channel either way)
     reduce_range: bool = False  # 7-bit weights: no int16 saturation on AVX2 without VNNI
     method: str = "minmax"  # calibration: minmax | entropy | percentile
-    ops: tuple[str, ...] = ALL_OPS  # operator types to quantize; () = all onnxruntime can
+    # Operator types to quantize; () = every one onnxruntime quantizes (Conv, Add, pooling,
+    # Gemm...). ("Conv",) leaves the residual Adds, pooling and the classifier in fp32.
+    ops: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -139,10 +137,6 @@ def quantize_file(
                 activation_type=qtype[settings.activations],
                 weight_type=qtype[settings.weights],
                 calibrate_method=method,
-                # Calibration data are whole images: the temporary augmented model stays in
-                # the temp folder, not next to the output.
-                extra_options={"CalibTensorRangeSymmetric": False},
-                calibration_cache_path=None,
             )
         except (ValueError, RuntimeError) as e:  # onnxruntime's own for a graph it cannot do
             Path(out).unlink(missing_ok=True)
@@ -179,7 +173,7 @@ def finish_int8(
 
 def settings_record(settings: Int8Settings, why: str) -> dict[str, Any]:
     """The settings as stored in the metadata (with why they were chosen)."""
-    record = asdict(replace(settings))
+    record = asdict(settings)
     record["ops"] = list(settings.ops) or "all onnxruntime quantizes"
     record["per_channel_weights"] = True
     record["why"] = why
