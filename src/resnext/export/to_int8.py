@@ -119,6 +119,10 @@ def quantize_file(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[settings.method]
+    if settings.method != "minmax":
+        # The histogram calibrators stack every batch's outputs into one array, which fails
+        # on a last batch of another size ("inhomogeneous shape"): feed one image at a time.
+        batches = (image[None] for batch in batches for image in batch)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="resnext-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
