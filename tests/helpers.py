@@ -84,6 +84,7 @@ def tiny_checkpoint(
     return path
 
 
+
 SMALL_TEST = "data.test_fraction=0.03"  # 50 of the 1,797 digits: keeps the tests fast
 
 
