@@ -27,7 +27,7 @@ def test_bench_prints_each_path_with_its_ratio_to_the_reference(capsys) -> None:
         f"ours eager (BN folded, channels_last) {p}"
         for p in precisions(__import__("torch").device("cpu"))
     ]
-    expected += ["ours onnxruntime fp32"]
+    expected += ["ours onnxruntime fp32", "ours onnxruntime int8 int8"]
     assert paths == expected
     assert rows[0][-4] == "1.00x" and all(float(r[-5]) > 0 for r in rows)
 
@@ -54,3 +54,12 @@ def test_bad_arguments_are_one_line_errors(capsys) -> None:
     assert err.startswith("resnext bench: error:") and err.count("\n") == 1
     assert main(["bench", "--batch", "0"]) == 2
     assert re.search(r"--batch and --repeat must be at least 1", capsys.readouterr().err)
+
+
+def test_int8_rows_are_not_measured_against_a_ceiling() -> None:
+    rows = [
+        BenchRow("m", "ours onnxruntime", "fp32", 8, 10.0, 1e9, None, reference=True),
+        BenchRow("m", "ours onnxruntime int8", "int8", 8, 15.0, 1e9, None),
+    ]
+    lines = table(rows, {"fp32": 100e9})
+    assert lines[2][4:6] == ("1.50x", "-")

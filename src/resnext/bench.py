@@ -113,10 +113,12 @@ def bench_model(
     onnx: bool = True,
     train: bool = True,
     compile: bool = True,
+    int8: bool = True,
     log: Callable[[str], None] = lambda _: None,
 ) -> list[BenchRow]:
     """Every path of one registry model (random weights and BN statistics; eval-mode BN for
-    inference, batch statistics for the training step)."""
+    inference, batch statistics for the training step). ``int8``: also the onnxruntime
+    export quantized as ``resnext quantize`` does, calibrated on the benchmark's own batch."""
     from .inference.optimize import CompiledRunner, EagerRunner
 
     torch.manual_seed(0)
@@ -167,10 +169,17 @@ def bench_model(
                 run(path, precision, lambda r=runner, p=precision: _autocast_call(r, x, device, p))
                 del runner
     if onnx and device.type == "cpu":
-        session = _onnx_session(model, size)
-        if session is not None:
-            xn = x.cpu().numpy()
-            run("ours onnxruntime", "fp32", lambda: session.run(None, {"images": xn}))
+        with tempfile.TemporaryDirectory() as tmp:
+            session = _onnx_session(model, size, Path(tmp) / "bench.onnx")
+            if session is not None:
+                xn = x.cpu().numpy()
+                run("ours onnxruntime", "fp32", lambda: session.run(None, {"images": xn}))
+                del session
+                if int8:
+                    log(f"  {name}: quantizing (calibrated on the benchmark batch)")
+                    q = _int8_session(Path(tmp) / "bench.onnx", xn)
+                    run("ours onnxruntime int8", "int8", lambda: q.run(None, {"images": xn}))
+                    del q
     if train:
         ref_train = copy.deepcopy(reference)
         run(f"{ref_path} train step", "fp32", _train_step(ref_train, x, device), kind="train")
@@ -243,28 +252,40 @@ def _timm(name: str, model: nn.Module) -> nn.Module | None:
     return other
 
 
-def _onnx_session(model: nn.Module, size: int):
-    """An onnxruntime session of ``model`` (exported to a temporary file), or None where
+def _onnx_session(model: nn.Module, size: int, path: Path):
+    """An onnxruntime session of ``model`` (exported to ``path``), or None where
     onnx/onnxruntime are not installed."""
     try:
         import onnxruntime as ort
     except ImportError:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.onnx"
-        x = torch.randn(1, 3, size, size)
-        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
-            torch.onnx.export(
-                model.eval(),
-                (x,),
-                str(path),
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, size, size)
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        torch.onnx.export(
+            model.eval(),
+            (x,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _int8_session(fp32: Path, batch: object):
+    """A session of the fp32 export at ``fp32`` quantized with ``resnext quantize``'s
+    settings for this CPU, calibrated on ``batch``."""
+    import onnxruntime as ort
+
+    from .export.to_int8 import choose_settings, quantize_file
+
+    out = fp32.with_name("bench-int8.onnx")
+    quantize_file(fp32, out, [batch], choose_settings()[0])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])

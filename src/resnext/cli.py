@@ -23,6 +23,7 @@ COMMANDS = (
     "predict",
     "convert",
     "export",
+    "quantize",
     "average",
     "bench",
     "pack",

@@ -30,3 +30,10 @@ class TrainingError(ResnextError):
     """Training stopped on a condition of the run itself (e.g. a NaN loss)."""
 
     exit_code = 1
+
+
+class AccuracyError(ResnextError):
+    """A result that misses an accuracy bound the user set (e.g. ``resnext quantize``'s
+    ``--max-drop``); nothing was written."""
+
+    exit_code = 1

@@ -95,18 +95,30 @@ def _is_cuda_index(name: str) -> bool:
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX-BF16, read from
-    /proc/cpuinfo). Without it bf16 is emulated and runs several times slower than fp32."""
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (the first ``flags`` line of /proc/cpuinfo; empty where
+    there is none, e.g. not Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX-BF16, read from
+    /proc/cpuinfo). Without it bf16 is emulated and runs several times slower than fp32."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has an int8 dot-product instruction (AVX512_VNNI, AVX-VNNI or
+    AMX-INT8): without it int8 convolutions take AVX2's u8 x s8 pair-add, which can saturate
+    and gains little over fp32."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
 def auto_train_precision(device: torch.device) -> tuple[str, str]:

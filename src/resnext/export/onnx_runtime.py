@@ -95,6 +95,12 @@ class OnnxModel(nn.Module):
             self.arch = Architecture(**arch)
         except TypeError as e:
             raise WeightsError(f"{str(self.path)!r}: unusable resnext.arch metadata: {e}") from e
+        # int8 files (resnext quantize) say how they were made; None for fp32 exports.
+        try:
+            int8 = json.loads(props.get("resnext.int8") or "null")
+        except json.JSONDecodeError as e:
+            raise WeightsError(f"{str(self.path)!r}: unreadable resnext.int8 metadata: {e}") from e
+        self.int8: dict[str, Any] | None = int8
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
@@ -118,7 +124,8 @@ class OnnxModel(nn.Module):
         raise ConfigError(_CPU_ONLY)
 
     def extra_repr(self) -> str:
-        return f"{self.path.name!r}, onnxruntime CPU, {self.arch.num_classes} outputs"
+        kind = "int8" if self.int8 else "fp32"
+        return f"{self.path.name!r}, onnxruntime CPU {kind}, {self.arch.num_classes} outputs"
 
 
 _CPU_ONLY = (

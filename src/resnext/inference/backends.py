@@ -101,7 +101,8 @@ def make_backend(
                 f"an exported .onnx file runs in onnxruntime, not the {name} back-end; "
                 "give the checkpoint or model file it was exported from to run it in PyTorch"
             )
-        return model, "onnxruntime"
+        # An int8 file (resnext quantize) is named as such wherever the back-end is printed.
+        return model, "onnxruntime int8" if model.int8 else "onnxruntime"
     if name == "eager":
         return EagerRunner(model, device), "eager"
     if name == "compile":

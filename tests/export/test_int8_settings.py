@@ -1,0 +1,44 @@
+"""int8 settings chosen by the CPU, their checks, and the gate's arithmetic (no model runs)."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from resnext.errors import ConfigError
+from resnext.export.to_int8 import Int8Settings, choose_settings
+from resnext.inference.int8 import Gate, Scores
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 rule")
+def test_without_vnni_weights_take_seven_bits_and_with_it_eight() -> None:
+    avx2, why = choose_settings("entropy", vnni=False)
+    assert avx2 == Int8Settings(method="entropy", reduce_range=True) and "AVX2" in why
+    vnni, _ = choose_settings("minmax", vnni=True)
+    assert vnni == Int8Settings() and not vnni.reduce_range
+    assert (avx2.format, avx2.activations, avx2.weights) == ("qdq", "u8", "s8")
+    assert avx2.describe() == (
+        "QDQ, u8 activations, s8 per-channel weights (7-bit), entropy calibration"
+    )
+
+
+def test_unknown_settings_are_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="int8 method must be one of minmax, entropy"):
+        Int8Settings(method="mse")
+    with pytest.raises(ConfigError, match="int8 activations"):
+        Int8Settings(activations="u4")
+
+
+def test_the_gate_judges_top1_drop_with_labels_and_disagreement_without() -> None:
+    fp32 = Scores(90.0, 99.0, 100.0)
+    passed = Gate("x", 100, True, 5, fp32, Scores(89.5, 99.0, 98.0), max_drop=1.0)
+    assert passed.drop_pt == pytest.approx(0.5) and passed.passed
+    failed = Gate("x", 100, True, 5, fp32, Scores(88.5, 99.0, 97.0), max_drop=1.0)
+    assert failed.drop_pt == pytest.approx(1.5) and not failed.passed
+    record = failed.record(forced=True)
+    assert record["forced"] and not record["passed"] and record["measure"] == "top-1 drop"
+    # without labels: 3 of 100 answers changed -> 3 points, past a 1-point bound
+    blind = Gate("x", 100, False, 5, Scores(None, None, 100.0), Scores(None, None, 97.0), 1.0)
+    assert blind.drop_pt == pytest.approx(3.0) and not blind.passed
+    assert blind.record(forced=False)["measure"] == "disagreement with fp32"
