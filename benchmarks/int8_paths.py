@@ -9,7 +9,7 @@ onnxruntime fp32, top-1 on the checkpoint's labelled split and top-1 agreement w
 
     python benchmarks/int8_paths.py runs/demo/best.pt --split test --batch 16
 
-PT2E needs torchao (``pip install torchao``; in torch 2.14 ``torch.ao.quantization`` no longer
+PT2E needs torchao (``pip install -e ".[bench]"``; in torch 2.14 ``torch.ao.quantization`` no longer
 has ``quantize_pt2e``); without it that row is left out.
 """
 
