@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
         ax.plot(epochs, [r[mode] for r in rows], style, marker="o", ms=3, label=mode)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val top-1 (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -24,7 +24,14 @@ from tqdm import tqdm
 
 from ..checkpoint import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
 from ..checkpoint import save_checkpoint as write_checkpoint
-from ..data import LoaderOrder, bad_file_report, make_loader, set_loader_epoch
+from ..data import (
+    LoaderOrder,
+    Preprocess,
+    TransformedDataset,
+    bad_file_report,
+    make_loader,
+    set_loader_epoch,
+)
 from ..errors import ConfigError, DataError, TrainingError
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
 from .progress import FitResult, Progress
@@ -207,8 +214,10 @@ class Trainer:
     def _refresh_ema_bn(self) -> None:
         """``train.ema_bn=recompute``: measure the EMA's BN statistics for its own weights on
         the first ``train.ema_bn_batches`` batches of a fixed pass over this rank's train
-        samples (epoch 0's order, the train transform) before the EMA is validated or saved.
-        Without sync BN only rank 0 measures: validation and checkpoints take its statistics."""
+        samples (epoch 0's order) before the EMA is validated or saved. The images go through
+        the eval transform, as validation and deployment see them: measured against the train
+        transform it scored as well or better (docs/training.md). Without sync BN only rank 0
+        measures: validation and checkpoints take its statistics."""
         if (
             self.ema is None
             or self.ema.bn != "recompute"
@@ -219,8 +228,13 @@ class Trainer:
         order = LoaderOrder(
             shuffle=True, seed=self.tc.seed, rank=self.dist.rank, world_size=self.dist.world_size
         )
+        samples = self.train_set  # a dataset the engine was handed as it is: used as it is
+        if isinstance(samples, TransformedDataset):
+            samples = TransformedDataset(
+                samples.base, Preprocess.from_dict(self.preprocess).transform()
+            )
         loader = make_loader(
-            self.train_set,
+            samples,
             self.tc.batch_size,
             order,
             num_workers=self.cfg.data.num_workers,
