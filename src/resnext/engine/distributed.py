@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -68,3 +70,10 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def rank0_printer(log: Callable[[str], None] | None, info: DistInfo) -> Callable[[str], None]:
+    """Print on rank 0 only: ``log``, else tqdm's writer (which keeps the bar intact)."""
+    if not info.is_main:
+        return lambda _message: None
+    return log if log is not None else tqdm.write
