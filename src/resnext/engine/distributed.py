@@ -39,7 +39,13 @@ def init_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, init_method="env://")
+        # torchrun's store outlives a restart of the worker group, and with it the keys the
+        # group before wrote (gloo's peer addresses): a restarted process could read those
+        # and connect to a dead peer. Each start of the group keys its own.
+        store, _, _ = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"resnext/start{attempt}", store)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
