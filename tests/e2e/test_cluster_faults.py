@@ -112,20 +112,26 @@ def test_stop_signal_mid_epoch_then_resume_is_the_uninterrupted_run(
     tmp_path: Path, straight: Path, sig: signal.Signals, again: signal.Signals | None
 ) -> None:
     """The run finishes the step in progress, writes last.pt there, logs a stop record and
-    exits 128 + the signal; ``again``, sent every 2 ms from then until the process is gone
-    (through the checkpoint write), changes nothing. --resume ends bitwise equal."""
+    exits 128 + the signal; ``again``, sent every 2 ms from then until the run says it stopped
+    (a line printed once last.pt is written), changes nothing. --resume ends bitwise equal."""
     run = tmp_path / "stopped"
     log = tmp_path / "stopped.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its lines in the log as they are printed
     with open(log, "w") as out:
-        proc = subprocess.Popen(_cli(tmp_path, "stopped"), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            _cli(tmp_path, "stopped"), stdout=out, stderr=subprocess.STDOUT, env=env
+        )
         try:
             logged = _wait_for_step(proc, run, 2)  # frozen in epoch 1 (12 steps)
             assert logged < 10, "frozen too late for a mid-epoch stop"
             proc.send_signal(sig)  # delivered on SIGCONT: the process then stops within a step
             proc.send_signal(signal.SIGCONT)
-            while again is not None and proc.poll() is None:
-                proc.send_signal(again)
+            sent = 0
+            while again is not None and proc.poll() is None and "stopped at" not in log.read_text():
+                proc.send_signal(again)  # through the whole checkpoint write
+                sent += 1
                 time.sleep(0.002)
+            assert again is None or sent > 1
             code = proc.wait(timeout=BOUND)
         finally:
             proc.kill()

@@ -74,11 +74,10 @@ class StopSignals:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # After a stop the process is on its way out: further stop signals are ignored, so a
-        # repeated SIGTERM cannot turn the clean exit into a kill. Otherwise the handlers the
-        # process had before come back.
+        # The handlers the process had before come back (a caller that runs the Trainer in
+        # its own process, e.g. a test, must stay stoppable by SIGTERM afterwards).
         for sig, previous in self._previous.items():
-            signal.signal(sig, signal.SIG_IGN if self.agreed else previous)  # type: ignore[arg-type]
+            signal.signal(sig, previous)  # type: ignore[arg-type]
         self._previous.clear()
 
     def poll(self) -> signal.Signals | None:
