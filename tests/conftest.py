@@ -9,6 +9,12 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# A suite run inside a SLURM job or under torchrun must not make its training runs name their
+# folders after that job or resume by themselves (resnext.engine.restart reads these).
+for _key in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT",
+             "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RUN_ID"):  # fmt: skip
+    os.environ.pop(_key, None)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import signal
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -127,6 +128,8 @@ class TrainConfig:
     log_every: int = 10  # write a metrics line every this many steps
     checkpoint_every_steps: int | None = 500  # also write last.pt mid-epoch every N steps
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
+    # signals that stop the run at the next step, last.pt written (preemption; [] = none)
+    stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
     threads: int | None = None  # CPU threads for torch (None = torch's default)
     progress: bool = True  # show a progress bar
     tensorboard: bool | None = None  # TensorBoard event files; None = on if it is installed
@@ -291,6 +294,12 @@ def _check_values(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    for name in cfg.train.stop_signals:  # catchable signals only: SIGKILL and SIGSTOP are not
+        if name not in signal.Signals.__members__ or name in ("SIGKILL", "SIGSTOP"):
+            raise ConfigError(
+                f"train.stop_signals: {name!r} is not a signal a run can catch; use names "
+                "such as SIGTERM, SIGUSR1, SIGUSR2, SIGINT (or [] for none)"
+            )
     if cfg.train.global_batch_size is not None and cfg.train.global_batch_size < 1:
         raise ConfigError(
             f"train.global_batch_size must be at least 1, got {cfg.train.global_batch_size}"

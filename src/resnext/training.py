@@ -42,6 +42,7 @@ from .engine import (
     init_distributed,
     seed_everything,
 )
+from .engine.restart import resolve_restart
 from .engine.setup import (
     Resume,
     RunSetup,
@@ -115,6 +116,9 @@ def setup_run(
     """Resolve the run once: its config (resume, batch, precision), run folder, data, model
     and pretrained weights, each check before the next costly step. Returns the set-up and
     the splits it was built from (their record and notes go into the run folder)."""
+    cfg, overrides, restarted = resolve_restart(cfg, overrides or [])  # torchrun/SLURM restart
+    if restarted:
+        say(restarted)
     cfg, resume = resolve_run_config(cfg, config_given=config_given, overrides=overrides)
     cfg = resolve_train_config(cfg, device, dist, resume, say)
     run_dir = choose_run_dir(cfg, resume, dist)

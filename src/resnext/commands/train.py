@@ -8,10 +8,12 @@ prints the result table.
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from ..config import load_config
 from ..configdoc import format_config, load_config_sources
+from ..engine.preemption import exit_status
 from ..engine.setup import resolve_run_config
 from ..table import format_table
 from ..training import TrainOutcome, train
@@ -19,7 +21,11 @@ from ..training import TrainOutcome, train
 HELP = "train a ResNeXt (no arguments: the built-in digits demo)"
 DESCRIPTION = """\
 Train a ResNeXt from a YAML recipe (configs/*.yaml) with key=value overrides. With no arguments:
-the demo recipe on the built-in digits dataset.
+the demo recipe on the built-in digits dataset. Exit status: 0 when the run ends (or
+train.max_steps stops it); 128 + the signal's number when a stop signal (train.stop_signals,
+default SIGTERM and SIGUSR1) stopped it after writing last.pt (143 for SIGTERM, 138 for
+SIGUSR1), which --resume continues; 1 on an error. Restarted by torchrun (--max-restarts) or
+a SLURM requeue, a run resumes its run folder by itself.
 """
 
 
@@ -60,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if outcome.is_main:
         print(format_table(summary_rows(outcome), left=2))
         print("files: " + ", ".join(run_files(outcome.run_dir)))
-    return 0
+    stopped_by = outcome.result.stopped_by  # every process exits alike
+    return exit_status(signal.Signals[stopped_by]) if stopped_by else 0
 
 
 def summary_rows(outcome: TrainOutcome) -> list[tuple[str, str]]:
@@ -81,6 +88,8 @@ def summary_rows(outcome: TrainOutcome) -> list[tuple[str, str]]:
         rows.append(("model selection", f"last epoch ({r.best_epoch}): no val split"))
     else:
         rows.append(("model selection", "none: no epoch finished"))
+    if r.test is None and r.stopped_by:
+        rows.append(("test", f"not run: stopped by {r.stopped_by}"))
     if r.test is not None:
         weights = "EMA weights" if r.selected == "ema" else "trained weights"
         rows += [
@@ -88,15 +97,20 @@ def summary_rows(outcome: TrainOutcome) -> list[tuple[str, str]]:
             ("test top-5", f"{r.test['top5']:.2f}%"),
             ("test images", str(r.test["images"])),
         ]
+    if r.stopped_by:
+        why = f"stopped by {r.stopped_by}; --resume continues it"
+    else:
+        why = f"stopped by train.max_steps={outcome.config.train.max_steps}"
     if r.epoch_step:
-        max_steps = outcome.config.train.max_steps
         progress = (
             f"{r.steps} steps: {r.epochs} epochs + {r.epoch_step}/{r.batches_per_epoch} batches "
-            f"of epoch {r.epochs + 1} (stopped by train.max_steps={max_steps})"
+            f"of epoch {r.epochs + 1} ({why})"
         )
         rows.append(("steps", progress))
     else:
-        rows.append(("steps / epochs", f"{r.steps} / {r.epochs}"))
+        rows.append(
+            ("steps / epochs", f"{r.steps} / {r.epochs}" + (f" ({why})" * bool(r.stopped_by)))
+        )
     rows += [
         ("time (this session)", _duration(outcome.seconds)),
         ("run folder", str(outcome.run_dir)),

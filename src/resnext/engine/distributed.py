@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,13 @@ def init_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, init_method="env://")
+        # torchrun's store outlives a restart of the worker group, and with it the keys the
+        # group before wrote (gloo's peer addresses): a restarted process could read those
+        # and connect to a dead peer. Each start of the group keys its own.
+        store, _, _ = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"resnext/start{attempt}", store)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
@@ -68,3 +76,10 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def rank0_printer(log: Callable[[str], None] | None, info: DistInfo) -> Callable[[str], None]:
+    """Print on rank 0 only: ``log``, else tqdm's writer (which keeps the bar intact)."""
+    if not info.is_main:
+        return lambda _message: None
+    return log if log is not None else tqdm.write

@@ -47,6 +47,7 @@ class Progress:
         *,
         test: dict[str, float] | None,
         tested: str | None,
+        stopped_by: str | None = None,
     ) -> FitResult:
         """What the run reports when it ends (or stops)."""
         return FitResult(
@@ -62,6 +63,7 @@ class Progress:
             tested=tested,
             seconds=self.seconds,
             history=self.history,
+            stopped_by=stopped_by,
         )
 
     @classmethod
@@ -104,3 +106,19 @@ class FitResult:
     tested: str | None  # the checkpoint file the test split was evaluated with
     seconds: float  # wall time of training + evaluation, summed over resumed sessions
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by: str | None = None  # the stop signal that ended the run early (e.g. "SIGTERM")
+
+
+def epoch_line(record: dict[str, Any], epochs: int, improved: bool, selected: str) -> str:
+    """The line an epoch end prints: train loss and top-1, then val's (``*``: a new best; the
+    trained weights' top-1 too where the EMA is selected)."""
+    line = (
+        f"epoch {record['epoch']:>3}/{epochs}  step {record['step']:>6}  "
+        f"train loss {record['train_loss']:.4f} top-1 {record['train_top1']:6.2f}%"
+    )
+    if "val_top1" in record:
+        line += f"  val loss {record['val_loss']:.4f} top-1 {record['val_top1']:6.2f}%"
+        line += " *" if improved else ""
+        if selected == "ema":
+            line += f"  (trained weights {record['val_top1_model']:6.2f}%)"
+    return line

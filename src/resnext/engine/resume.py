@@ -33,6 +33,7 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "train.log_every": "logging only",
     "train.tensorboard": "logging only",
     "train.checkpoint_every_steps": "when last.pt is written, not what is trained",
+    "train.stop_signals": "which signals stop the run, not what is trained",
     "train.output_dir": "where the run folder is",
     "train.run_name": "where the run folder is",
     "train.resume": "the resume itself",

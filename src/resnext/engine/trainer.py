@@ -33,21 +33,15 @@ from ..data import (
     set_loader_epoch,
 )
 from ..errors import ConfigError, DataError, TrainingError
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
-from .progress import FitResult, Progress
+from .distributed import all_reduce_sum, barrier, broadcast_buffers, rank0_printer
+from .preemption import StopSignals, stop_record
+from .progress import FitResult, Progress, epoch_line
 from .rng import get_rng_state, set_rng_state
 from .runlog import RunLog
 from .setup import RunSetup
 from .step import Stepper
 from .sync_bn import convert_sync_batchnorm
 from .validation import SplitEvaluator
-
-
-def _rank0_printer(log: Callable[[str], None] | None, dist: DistInfo) -> Callable[[str], None]:
-    """Print on rank 0 only: ``log``, else tqdm's writer (which keeps the bar intact)."""
-    if not dist.is_main:
-        return lambda _message: None
-    return log if log is not None else tqdm.write
 
 
 class NonFiniteLossError(TrainingError):
@@ -71,7 +65,7 @@ class Trainer:
         self.classes, self.preprocess = list(setup.classes), dict(setup.preprocess)
         self.train_fingerprint = setup.train_fingerprint
         self.device, self.dist = device, dist
-        self._say = _rank0_printer(log, dist)
+        self._say = rank0_printer(log, dist)
 
         self.model = setup.model.to(device)
         if self.tc.sync_bn:
@@ -123,6 +117,7 @@ class Trainer:
             dist=dist,
         )
         self.runlog: RunLog | None = None
+        self.stop = StopSignals(self.tc.stop_signals, dist, device)  # preemption (while fit runs)
         self._ema_bn_step: int | None = None  # the step the EMA's BN statistics were measured at
         if setup.resume is not None:
             self.load_state(setup.resume.checkpoint, setup.resume.path)
@@ -274,7 +269,7 @@ class Trainer:
             )
 
     def _train_epoch(self, bar: tqdm) -> bool:
-        """Run the rest of the current epoch; True if ``max_steps`` stopped it."""
+        """Run the rest of the current epoch; True if ``max_steps`` or a stop signal stopped it."""
         p = self.progress
         tc, accum, n_batches = self.tc, self.tc.accumulate_steps, self.batches_per_epoch
         self.model.train()
@@ -326,7 +321,7 @@ class Trainer:
                     }
                 )
                 t0, images_done = time.perf_counter(), 0
-            if tc.max_steps is not None and p.step >= tc.max_steps:
+            if (tc.max_steps is not None and p.step >= tc.max_steps) or self.stop.poll():
                 return True
             if (
                 tc.checkpoint_every_steps
@@ -374,17 +369,7 @@ class Trainer:
         p.epoch_sums.zero_()
         p.history.append(record)
         self._record(record)
-        msg = (
-            f"epoch {p.epoch:>3}/{self.tc.epochs}  step {p.step:>6}  "
-            f"train loss {record['train_loss']:.4f} top-1 {record['train_top1']:6.2f}%"
-        )
-        if "val_top1" in record:
-            msg += f"  val loss {record['val_loss']:.4f} top-1 {record['val_top1']:6.2f}%" + (
-                " *" if improved else ""
-            )
-            if self.selected == "ema":
-                msg += f"  (trained weights {record['val_top1_model']:6.2f}%)"
-        self.log(msg)
+        self.log(epoch_line(record, self.tc.epochs, improved, self.selected))
         if skipped.count:
             self.log(f"epoch {p.epoch:>3}: {skipped}")
         self._checkpoint(improved)
@@ -407,7 +392,7 @@ class Trainer:
             tensorboard=self.tc.tensorboard,
             resume_step=resume_step,
         )
-        with self.runlog:
+        with self.runlog, self.stop:
             return self._fit()
 
     def _fit(self) -> FitResult:
@@ -425,17 +410,19 @@ class Trainer:
             while p.epoch < self.tc.epochs:
                 if self.tc.max_steps is not None and p.step >= self.tc.max_steps:
                     break
+                if self.stop.poll() is not None:  # between epochs: the epoch end wrote last.pt
+                    self._stop_here(write=p.step == 0)
+                    break
                 stopped = self._train_epoch(bar)
                 if stopped and p.epoch_step < self.batches_per_epoch:
                     # A stop, not an epoch end: no validation, so selection is untouched.
-                    stop = {"kind": "stop", "epoch": p.epoch + 1, "step": p.step}
-                    self._record({**stop, "batch": p.epoch_step, "reason": "train.max_steps"})
-                    self._checkpoint()
+                    self._stop_here(write=True)
                     break
                 p.epoch, p.epoch_step = p.epoch + 1, 0
                 self._end_of_epoch()
         barrier(self.dist)
-        test, tested = self._final_test()
+        # A stop signal leaves at once: the scheduler's grace time is short.
+        test, tested = self._final_test() if self.stop.agreed is None else (None, None)
         p.seconds += time.perf_counter() - self._t_start
         if self.runlog is not None:
             label = "val (EMA weights)" if self.selected == "ema" else "val"
@@ -446,8 +433,19 @@ class Trainer:
                 train_label="train (label-smoothed loss)" if smoothed else "train",
             )
         return p.result(
-            self.run_dir, self.batches_per_epoch, self.selected, test=test, tested=tested
-        )
+            self.run_dir, self.batches_per_epoch, self.selected, test=test, tested=tested,
+            stopped_by=self.stop.agreed.name if self.stop.agreed else None,
+        )  # fmt: skip
+
+    def _stop_here(self, write: bool) -> None:
+        """Record why the run stops (train.max_steps or a stop signal); write last.pt."""
+        self._record(stop_record(self.progress, self.stop.agreed))
+        if write:
+            self._checkpoint()
+        if self.stop.agreed is not None:
+            self.log(
+                f"{self.stop.agreed.name}: stopped at step {self.progress.step} ({self.last_path})"
+            )
 
     def _final_test(self) -> tuple[dict[str, float] | None, str | None]:
         """Evaluate the test split once, with the weights best.pt selected on validation
