@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .explain import Explanation
+
 CMAP = "inferno"
 ALPHA = 0.55  # the map's weight over the image
 OUTSIDE = 0.35  # brightness left to pixels outside the crop
@@ -102,3 +104,15 @@ def draw_overlays(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_explanation(
+    explanation: Explanation, png: str | Path, npy: str | Path, caption: str
+) -> None:
+    """``resnext predict --explain``'s two files of an image: the overlay PNG of its top-1
+    map (``caption`` names the class) and the raw map as ``.npy`` (float32, H x W, NaN
+    outside the crop)."""
+    e = explanation
+    title = "" if e.agrees else "eager fp32 ranks another class first"
+    draw_overlays(png, e.image, [(e.maps[0], caption)], title)
+    np.save(npy, e.maps[0].astype(np.float32), allow_pickle=False)
