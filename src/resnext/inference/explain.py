@@ -180,21 +180,34 @@ def explain_batch(
     the images before preprocessing)."""
     if topk < 1:
         raise ValueError(f"topk must be at least 1, got {topk}")
-    k = min(topk, probs.shape[1])
-    top_p, top_i = probs.topk(k, dim=1)
+    top_i = probs.topk(min(topk, probs.shape[1]), dim=1).indices
+    return explain_classes(model, batch, top_i, probs, pictures, classes, preprocess)
+
+
+def explain_classes(
+    model: nn.Module,
+    batch: torch.Tensor,
+    class_ids: torch.Tensor,
+    probs: torch.Tensor,
+    pictures: Sequence[torch.Tensor],
+    classes: Sequence[str],
+    preprocess: Preprocess,
+) -> list[Explanation]:
+    """As :func:`explain_batch`, for the given classes ``(N, k)`` of each image (e.g. its
+    true and its predicted class); ``eager_classes`` is the eager model's top-k."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    maps, logits = class_maps(model, batch.to(device, dtype), top_i)
-    eager_top = logits.float().topk(k, dim=1).indices.cpu()
+    maps, logits = class_maps(model, batch.to(device, dtype), class_ids)
+    eager_top = logits.float().topk(class_ids.shape[1], dim=1).indices.cpu()
     bias = cam_head(model).bias.detach().cpu().double()
     out = []
     for n, picture in enumerate(pictures):
         geometry = CropGeometry.of(picture.shape[-2], picture.shape[-1], preprocess)
-        ids = top_i[n].tolist()
+        ids = class_ids[n].tolist()
         out.append(
             Explanation(
                 classes=[classes[i] for i in ids],
-                probabilities=top_p[n].tolist(),
+                probabilities=[float(probs[n, i]) for i in ids],
                 maps=to_image(maps[n], geometry),
                 grid=maps[n].cpu(),
                 bias=[float(bias[i]) for i in ids],
