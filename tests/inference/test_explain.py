@@ -212,7 +212,9 @@ def test_a_trained_models_heat_lies_in_the_quadrant_holding_the_digit(
     trained: Path, test_digits
 ) -> None:
     # The digit keeps its training scale (32 x 32) in one quadrant of a black 64 x 64
-    # canvas, and the network sees the whole canvas (its layers are all convolutions).
+    # canvas, and the network sees the whole canvas (its layers are all convolutions). As in
+    # the CAM paper's localisation, the map asked is the digit's own class's: on a canvas
+    # three quarters black a briefly trained model's top-1 is often wrong (mostly "1").
     model = Classifier.from_checkpoint(trained, runtime=EAGER).model
     clf = Classifier(model, DIGITS_CLASSES, Preprocess(64, mean=DIGITS_MEAN, std=DIGITS_STD),
                      EAGER)  # fmt: skip
@@ -226,7 +228,9 @@ def test_a_trained_models_heat_lies_in_the_quadrant_holding_the_digit(
         canvases.append(canvas)
         quadrants.append(q)
     hits = 0
-    for e, q in zip(clf.explain(canvases, topk=1), quadrants, strict=True):
-        heat = e.maps[0].reshape(2, 32, 2, 32).mean(axis=(1, 3)).ravel()  # per quadrant
-        hits += int(heat.argmax() == q)
-    assert hits >= 36, f"the heat lay in the digit's quadrant on {hits} of {n} canvases"
+    for i, e in enumerate(clf.explain(canvases, topk=10)):
+        cam = e.maps[e.classes.index(str(test_digits[i][1]))]
+        peak = cam.reshape(2, 32, 2, 32).max(axis=(1, 3)).ravel()  # hottest point per quadrant
+        hits += int(peak.argmax() == quadrants[i])
+    # 39 of 40 measured with this recipe (chance: 10)
+    assert hits >= 32, f"the heat peaked in the digit's quadrant on {hits} of {n} canvases"
