@@ -36,8 +36,10 @@ def cam_head(model: nn.Module) -> nn.Linear:
     """The linear layer after global average pooling, or a one-line
     :class:`~resnext.errors.WeightsError` where the head is anything else (then a map
     would not be exact)."""
+    from ..export.onnx_runtime import OnnxModel
+
     name = type(model).__name__
-    if type(model).__name__ == "OnnxModel":
+    if isinstance(model, OnnxModel):
         raise WeightsError(
             "class activation maps need the PyTorch model and an exported .onnx file holds "
             "none; explain the checkpoint or model file it was exported from"
@@ -96,7 +98,9 @@ class CropGeometry:
         return cls(height, width, (rh, rw), top, left, preprocess.image_size)
 
 
-def _axis_weights(n_out: int, n_in: int, resized: int, start: int, size: int, cells: int):
+def _axis_weights(
+    n_out: int, n_in: int, resized: int, start: int, size: int, cells: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The bilinear weights ``(n_out, cells)`` reading a map of ``cells`` along one axis at
     the centre of each of ``n_out`` image pixels, and which pixels fall inside the crop.
 
