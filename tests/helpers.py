@@ -84,6 +84,27 @@ def tiny_checkpoint(
     return path
 
 
+def train_tiny_digits(folder: Path, epochs: int = 5) -> Path:
+    """``best.pt`` of the tiny ResNeXt-29 trained on digits by ``resnext train`` (in this
+    process), for tests that need a model that has learnt something; no EMA or label
+    smoothing, so a few epochs suffice."""
+    from resnext.cli import main
+
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    argv = tiny_run(
+        f"train.epochs={epochs}", "train.ema_decay=null", "train.label_smoothing=0",
+        "optim.lr=0.2", "data.val_fraction=0.05", "train.tensorboard=false",
+        f"train.output_dir={folder}", "train.run_name=digits",
+    )  # fmt: skip
+    try:
+        rc = main(["train", *argv])
+    finally:  # `resnext train` sets process-wide torch flags
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+    if rc != 0:
+        raise RuntimeError(f"resnext train {' '.join(argv)} exited {rc}")
+    return folder / "digits" / "best.pt"
+
 
 SMALL_TEST = "data.test_fraction=0.03"  # 50 of the 1,797 digits: keeps the tests fast
 

@@ -174,3 +174,32 @@ def test_eval_reproduces_the_test_accuracy_training_printed(tmp_path: Path, caps
     assert m["top1"] == pytest.approx(test["test_top1"], abs=1e-9)
     assert m["top5"] == pytest.approx(test["test_top5"], abs=1e-9)
     assert m["loss"] == pytest.approx(test["test_loss"], rel=1e-5)
+
+
+def test_explain_writes_a_gallery_of_the_surest_mistakes_and_least_sure_answers(
+    tmp_path: Path, capsys
+) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    out = tmp_path / "gallery"
+    res = run_json(tmp_path, str(ckpt), "--explain", str(out), "--explain-count", "3")
+    probs, y = direct_probs(ckpt)
+    conf, pred = probs.max(1)
+    wrong = sorted((i for i in range(len(y)) if pred[i] != y[i]), key=lambda i: -conf[i])
+    right = sorted((i for i in range(len(y)) if pred[i] == y[i]), key=lambda i: conf[i])
+    records = json.loads((out / "gallery.json").read_text())
+    mistakes = [r for r in records if r["kind"] == "mistake"]
+    unsure = [r for r in records if r["kind"] == "unsure"]
+    assert [r["index"] for r in mistakes] == wrong[:3]
+    assert [r["index"] for r in unsure] == right[:3]
+    for r in records:
+        i = r["index"]
+        assert (r["true"], r["predicted"]) == (str(int(y[i])), str(int(pred[i])))
+        assert r["confidence"] == pytest.approx(float(conf[i]), abs=1e-5)
+        assert (out / r["file"]).stat().st_size > 0
+    page = (out / "index.html").read_text()
+    assert all(f'src="{r["file"]}"' in page for r in records)
+    assert res["gallery"] == str(out / "index.html")
+    assert f"wrote {out / 'index.html'}" in capsys.readouterr().out
+    b = tiny_checkpoint(tmp_path / "b.pt", seed=1)
+    assert main(["eval", str(ckpt), str(b), "--explain", str(out), SMALL_TEST]) == 2
+    assert "not an ensemble of 2" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -136,3 +137,38 @@ def test_predict_imports_neither_torchvision_nor_dynamo(tmp_path, digits_pngs) -
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
     )
     assert "LOADED 0 []" in done.stderr, done.stderr[-2000:]
+
+
+def test_explain_writes_each_images_overlay_and_map_named_in_the_json(
+    tmp_path, capsys, digits_pngs
+) -> None:
+    folder, _ = digits_pngs
+    digit = sorted(folder.glob("*.png"))[0]
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / digit.name  # the same file name in another folder
+    wide = tmp_path / "wide.png"  # non-square: the eval crop cuts its sides away
+    Image.fromarray(torch.randint(0, 256, (40, 64), dtype=torch.uint8).numpy()).save(wide)
+    twin.write_bytes(digit.read_bytes())
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", classes=list(DIGITS_CLASSES))
+    maps = tmp_path / "maps"
+    argv = [str(ckpt), str(digit), str(twin), str(wide), "--json", "--explain", str(maps)]
+    assert main(["predict", *argv, "--backend", "eager"]) == 0
+    out = json.loads(capsys.readouterr().out)["predictions"]
+    files = [(p["explain"]["overlay"], p["explain"]["map"]) for p in out]
+    stem = digit.stem
+    assert files == [
+        (str(maps / f"{stem}.cam.png"), str(maps / f"{stem}.cam.npy")),
+        (str(maps / f"{stem}-2.cam.png"), str(maps / f"{stem}-2.cam.npy")),
+        (str(maps / "wide.cam.png"), str(maps / "wide.cam.npy")),
+    ]
+    eager = Classifier.from_checkpoint(ckpt, runtime=RuntimeOptions(backend="eager"))
+    for p, path, (png, npy) in zip(out, [digit, twin, wide], files, strict=True):
+        assert p["explain"]["class"] == p["topk"][0]["class"]
+        assert Image.open(png).format == "PNG"
+        cam = np.load(npy, allow_pickle=False)
+        (e,) = eager.explain(path, topk=10)
+        assert cam.dtype == np.float32 and cam.shape == Image.open(path).size[::-1]
+        want = e.maps[e.classes.index(p["explain"]["class"])]
+        np.testing.assert_allclose(cam, want, rtol=0, atol=1e-5)  # NaN where want is NaN
+    assert np.isnan(np.load(files[2][1])).any(axis=0).sum() > 0  # the cut-away sides
+    assert not np.isnan(np.load(files[0][1])).any()

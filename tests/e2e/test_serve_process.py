@@ -8,6 +8,7 @@ Chromium; SIGTERM answers the requests in flight before the process ends.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -27,13 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
 from helpers import tiny_checkpoint
+from resnext import RuntimeOptions
 from resnext.cli import main
+from resnext.data import load_image
 from resnext.data.digits import digits_splits
 from resnext.inference import Classifier
+from resnext.inference.overlay import blend
 
 MAX_BODY_MB = 1  # the test server's limits: small, so that tests can pass them cheaply
 MAX_PIXELS = 1_000_000
@@ -450,6 +455,78 @@ def test_page_in_headless_chromium_shows_the_top1(server, digits, expected, tmp_
     finally:
         driver.quit()
     assert Image.open(tmp_path / "page.png").size[0] > 0
+
+
+def test_explain_adds_each_images_map_over_it_at_its_size(server, digits, checkpoint) -> None:
+    wide = Image.new("RGB", (60, 40), (200, 30, 30))  # non-square: cropped by the eval crop
+    wide.paste(Image.open(digits[1]).convert("RGB"), (14, 4))
+    uploads = [digits[0].read_bytes(), png_bytes(wide)]
+    files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(uploads)]
+    r = httpx.post(f"{server.url}/v1/predict", params={"explain": "1", "topk": 2}, files=files)
+    assert r.status_code == 200, r.text
+    eager = Classifier.from_checkpoint(checkpoint, runtime=RuntimeOptions(backend="eager"))
+    pictures = [load_image(digits[0]), wide]
+    answers, explained = r.json()["predictions"], eager.explain(pictures, topk=10)
+    for p, picture, e in zip(answers, pictures, explained, strict=True):
+        explanation = p["explanation"]
+        assert explanation["class"] == p["topk"][0]["class"]  # the answer's top-1 is explained
+        overlay = Image.open(io.BytesIO(base64.b64decode(explanation["overlay_png"])))
+        assert overlay.format == "PNG" and overlay.size == picture.size
+        # the eager fp32 map of that class, blended over the picture
+        want = blend(e.image, e.maps[e.classes.index(explanation["class"])])
+        np.testing.assert_array_equal(np.asarray(overlay.convert("RGB")), want)
+    plain = httpx.post(f"{server.url}/v1/predict", params={"explain": "0"}, files=files[:1])
+    assert "explanation" not in plain.json()["predictions"][0]
+    bad = httpx.post(f"{server.url}/v1/predict?explain=maybe", files=files[:1])
+    assert bad.status_code == 422 and bad.json()["error"] == "bad_explain"
+    assert httpx.get(f"{server.url}/v1/model").json()["explain"] is True
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+)
+def test_page_toggle_lays_the_map_over_each_image(server, digits, tmp_path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=900,700"):
+        options.add_argument(arg)
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+
+    def overlays_shown(d: Any) -> list[bool]:
+        return [
+            o.is_displayed() and d.execute_script("return arguments[0].naturalWidth", o) == 32
+            for o in d.find_elements(By.CSS_SELECTOR, ".result .overlay")
+        ]
+
+    try:
+        driver.get(f"{server.url}/")
+        WebDriverWait(driver, 20).until(
+            lambda d: "resnext29_2x4d" in d.find_element(By.ID, "model").text
+        )
+        upload = driver.find_element(By.CSS_SELECTOR, "input[type=file]")
+        upload.send_keys(str(digits[1]))  # the toggle off: no map
+        WebDriverWait(driver, 30).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, ".result[data-state=done]")
+        )
+        assert overlays_shown(driver) == [False]
+        driver.find_element(By.ID, "explain").click()  # on: the card's map is fetched
+        WebDriverWait(driver, 30).until(lambda d: overlays_shown(d) == [True])
+        upload.send_keys(str(digits[2]))  # on: the map comes with the answer
+        WebDriverWait(driver, 30).until(lambda d: overlays_shown(d) == [True, True])
+        assert driver.save_screenshot(str(tmp_path / "explain.png"))
+        driver.find_element(By.ID, "explain").click()  # off: the photos alone again
+        WebDriverWait(driver, 10).until(lambda d: overlays_shown(d) == [False, False])
+        photos = driver.find_elements(By.CSS_SELECTOR, ".result .photo")
+        assert [p.is_displayed() for p in photos] == [True, True]
+    finally:
+        driver.quit()
+    assert Image.open(tmp_path / "explain.png").size[0] > 0
 
 
 def test_sigterm_answers_the_requests_in_flight(checkpoint, digits, expected, tmp_path) -> None:

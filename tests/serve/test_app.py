@@ -308,6 +308,19 @@ def test_an_exported_onnx_file_serves_like_its_checkpoint(tmp_path: Path) -> Non
             info = client.get("/v1/model").json()
             r = client.post("/v1/predict", content=png(), headers={"content-type": "image/png"})
             answers.append((info["model"], info["parameters"], info["classes"], r.json()))
+            # maps need the PyTorch model: the checkpoint has one, the .onnx file none
+            assert info["explain"] is (clf is checkpoint)
+            r = client.post(
+                "/v1/predict?explain=1", content=png(), headers={"content-type": "image/png"}
+            )
+            if clf is checkpoint:
+                assert (
+                    r.status_code == 200
+                    and "overlay_png" in r.json()["predictions"][0]["explanation"]
+                )
+            else:
+                assert r.status_code == 422 and r.json()["error"] == "explain_unavailable"
+                assert "exported .onnx file" in r.json()["message"]
     assert answers[0] == answers[1]
     assert answers[0][1] == 38_202
     # Both of those ran the same cached ONNX file; the eager model is the independent check.

@@ -64,6 +64,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--confusion", metavar="PNG", help="draw the confusion matrix (up to 100 classes)"
     )
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write a gallery (DIR/index.html) of class activation maps: the most confident "
+        "mistakes and least confident right answers, each with its true and predicted class's map",
+    )
+    p.add_argument(
+        "--explain-count",
+        type=int,
+        default=8,
+        metavar="N",
+        help="images in each half of the --explain gallery (default 8)",
+    )
 
 
 def split_inputs(items: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
@@ -103,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         runtime=runtime_from_args(args),
         batch_size=args.batch_size,
         workers=args.workers,
+        explain=args.explain,
+        explain_count=args.explain_count,
     )
     evaluation = prepare_evaluation(options)
     if args.confusion and len(evaluation.classes) > MAX_CONFUSION_CLASSES:
@@ -123,4 +138,6 @@ def run(args: argparse.Namespace) -> int:
     if args.confusion:
         draw_confusion(args.confusion, report.final, names)
         print(f"wrote {args.confusion}")
+    if "gallery" in report.info:
+        print(f"wrote {report.info['gallery']} (class activation maps)")
     return 0

@@ -17,6 +17,8 @@ from ..data.images import is_image_file
 from ..errors import ConfigError
 from ..inference import Classifier
 from ..inference.classes import with_id
+from ..inference.explain import cam_head
+from ..inference.overlay import save_explanation
 from .common import IntermixedParser, add_model_options, runtime_from_args
 
 HELP = "top-k classes of images or folders of images"
@@ -41,6 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also write each image's class activation map of its top-1 class to DIR: an "
+        "overlay PNG with a colour bar and the raw map as .npy (float32, the image's H x W, NaN "
+        "outside the eval crop); maps come from the eager fp32 model",
+    )
     p.add_argument(
         "--batch-size",
         type=int,
@@ -96,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     clf, inputs = load_classifier(args)
+    if args.explain:
+        cam_head(clf.model)  # a model without exact maps is refused before any work
     files, errors = collect(inputs)
     print(  # stderr: stdout stays the predictions (and valid JSON with --json)
         f"resnext predict: {clf.backend_line}, {clf.precision}, {clf.device}",
@@ -122,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             shown = [(with_id(clf.name_of(c), c), p) for c, p in r.topk]
             tqdm.write(format_prediction(r.path, shown), file=sys.stdout)
     bar.close()
+    explained = explain_files(clf, [name for name, _ in results], args) if args.explain else {}
     if args.json:
         out = {
             "predictions": [
@@ -130,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
                     "topk": [
                         {"class": c, "name": clf.name_of(c), "probability": p} for c, p in preds
                     ],
+                    **({"explain": explained[name]} if name in explained else {}),
                 }
                 for name, preds in results
             ],
@@ -143,6 +156,46 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def explain_files(clf: Classifier, paths: list[str], args: argparse.Namespace) -> dict[str, dict]:
+    """Write each image's top-1 map (overlay PNG and .npy) under ``args.explain``; what the
+    JSON output says of each, by path."""
+    folder = Path(args.explain)
+    folder.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    out: dict[str, dict] = {}
+    for i in range(0, len(paths), args.batch_size):
+        batch = paths[i : i + args.batch_size]
+        for path, e in zip(
+            batch, clf.explain(batch, topk=1, batch_size=args.batch_size), strict=True
+        ):
+            stem = Path(path).stem
+            name, n = stem, 1
+            while name in taken:  # same file name in two folders
+                n += 1
+                name = f"{stem}-{n}"
+            taken.add(name)
+            png, npy = folder / f"{name}.cam.png", folder / f"{name}.cam.npy"
+            c = e.classes[0]
+            caption = f"{with_id(clf.name_of(c), c)} ({100 * e.probabilities[0]:.1f}%)"
+            save_explanation(e, png, npy, caption)
+            out[path] = {
+                "class": c,
+                "overlay": str(png),
+                "map": str(npy),
+                "classes_agree": e.agrees,
+            }
+            if not e.agrees:
+                print(
+                    f"resnext predict: {path}: the eager fp32 model ranks class "
+                    f"{e.eager_classes[0]!r} first where the {clf.backend} back-end ranks "
+                    f"{c!r}; the map is {c!r}'s (exact for the eager model's logit of {c!r})",
+                    file=sys.stderr,
+                )
+            if not args.json:
+                print(f"{path}\n  map of {c!r}: {png} and {npy}")
+    return out
 
 
 def format_prediction(name: str, preds: list[tuple[str, float]]) -> str:

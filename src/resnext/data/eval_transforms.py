@@ -154,15 +154,21 @@ def center_crop(img: torch.Tensor, size: int, offset: str = "round") -> torch.Te
     ``round`` = torchvision's ``round(margin / 2)`` (half to even), ``ceil`` =
     fb.resnet.torch's ``ceil(margin / 2)``."""
     h, w = img.shape[-2:]
+    top, left = crop_origin(h, w, size, offset)
+    return img[..., top : top + size, left : left + size]
+
+
+def crop_origin(height: int, width: int, size: int, offset: str = "round") -> tuple[int, int]:
+    """(top, left) of :func:`center_crop`'s window in a ``height`` x ``width`` image (also
+    what class activation maps use to put a crop's map back into the image)."""
+    h, w = height, width
     if h < size or w < size:
         raise ValueError(f"image {w}x{h} is smaller than the crop {size}")
     if offset == "round":
-        top, left = round((h - size) / 2.0), round((w - size) / 2.0)  # half to even
-    elif offset == "ceil":
-        top, left = -(-(h - size) // 2), -(-(w - size) // 2)
-    else:
-        raise ValueError(f"crop_offset must be one of {', '.join(CROP_OFFSETS)}, got {offset!r}")
-    return img[..., top : top + size, left : left + size]
+        return round((h - size) / 2.0), round((w - size) / 2.0)  # half to even
+    if offset == "ceil":
+        return -(-(h - size) // 2), -(-(w - size) // 2)
+    raise ValueError(f"crop_offset must be one of {', '.join(CROP_OFFSETS)}, got {offset!r}")
 
 
 def scale_to_float(img: torch.Tensor) -> torch.Tensor:

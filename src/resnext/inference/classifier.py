@@ -36,6 +36,7 @@ from ..checkpoint import (
     read_file,
     selected_ema,
 )
+from ..data.eval_transforms import to_image_tensor
 from ..data.images import BadImageError, load_image
 from ..data.preprocess import Preprocess
 from ..errors import WeightsError
@@ -43,6 +44,7 @@ from ..models import ResNeXt, create_model, default_input_size, parse_name
 from ..runtime import RuntimeOptions, autocast, check_precision
 from .backends import fast_path_missing, make_backend
 from .classes import default_class_names, readable_names
+from .explain import Explanation, cam_head, explain_batch
 
 ImageInput = str | Path | Image.Image | torch.Tensor
 
@@ -230,6 +232,30 @@ class Classifier:
         with autocast(self.device, self.precision):
             logits = self.runner(batch.to(self.device))
         return logits.float().softmax(dim=1).cpu()
+
+    def explain(
+        self, images: ImageInput | Sequence[ImageInput], topk: int = 1, batch_size: int = 16
+    ) -> list[Explanation]:
+        """Class activation maps of each image's ``topk`` classes (the back-end's), at the
+        image's own size and orientation, NaN where the eval crop cut it away; computed by
+        the eager model in fp32 beside the back-end's logits
+        (:mod:`resnext.inference.explain`). A model whose head is not global average
+        pooling and one linear layer is refused (:class:`~resnext.errors.WeightsError`)."""
+        cam_head(self.model)  # refuse before any work
+        items = _as_list(images)
+        out: list[Explanation] = []
+        for i in range(0, len(items), batch_size):
+            chunk = [
+                load_image(x) if isinstance(x, (str, Path)) else x
+                for x in items[i : i + batch_size]
+            ]
+            batch = torch.stack([self.to_tensor(x) for x in chunk])
+            pictures = [to_image_tensor(x) for x in chunk]
+            out += explain_batch(
+                self.model, batch, self.probabilities(batch), pictures, self.classes,
+                self.preprocess, topk,
+            )  # fmt: skip
+        return out
 
     def predict(
         self, images: ImageInput | Sequence[ImageInput], topk: int = 5, batch_size: int = 64

@@ -33,6 +33,7 @@ from ..errors import DataError
 from ..runtime import RuntimeOptions
 from .classes import readable_names
 from .classifier import Classifier, model_from_weights
+from .explain import cam_head
 from .metrics import EvalReport, run_metrics
 
 # DataConfig keys that do not change which images and labels a split holds; members of an
@@ -71,6 +72,10 @@ class EvalOptions:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # device, precision, back-end
     batch_size: int = 128  # images per batch
     workers: int | None = None  # DataLoader workers (None: data.num_workers)
+    # a folder for the gallery of class activation maps (None = none): the explain_count most
+    # confident mistakes and least confident right answers (resnext.inference.gallery)
+    explain: str | Path | None = None
+    explain_count: int = 8
 
     def __post_init__(self) -> None:
         paths = self.checkpoints
@@ -81,6 +86,8 @@ class EvalOptions:
             raise ConfigError(f"split must be test or val, got {self.split!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.explain_count < 1:
+            raise ConfigError(f"explain count must be at least 1, got {self.explain_count}")
 
 
 @dataclass
@@ -119,6 +126,8 @@ class Evaluation:
     precision: str
     loader: Any
     notes: list[str] = field(default_factory=list)  # things the user should know
+    explain: Path | None = None  # the gallery's folder (EvalOptions.explain)
+    explain_count: int = 8
 
     def describe(self) -> list[str]:
         """One line for the data, one per member: what is evaluated and how."""
@@ -144,6 +153,7 @@ class Evaluation:
             device=self.members[0].classifier.device,
             precision=self.precision,
             progress=progress,
+            keep_probs=self.explain is not None,
         )
         report.info = {
             "dataset": {"name": self.data.name, "root": self.data.root, "split": self.split},
@@ -156,6 +166,18 @@ class Evaluation:
                 for m, p in zip(self.members, self.preprocess, strict=True)
             ],
         }
+        if self.explain is not None:
+            from .gallery import write_gallery  # matplotlib, only for a gallery
+
+            final = report.final
+            assert final.probs is not None and final.labels is not None  # kept: keep_probs
+            notes = ["10-crop test: confidences of the 10 crops, maps of the centre crop"]
+            page = write_gallery(
+                self.explain, self.members[0].classifier, self.preprocess[0], self.dataset,
+                final.probs, final.labels, self.explain_count,
+                notes=notes if self.ten_crop else (),
+            )  # fmt: skip
+            report.info["gallery"] = str(page)
         return report
 
 
@@ -172,6 +194,13 @@ def prepare_evaluation(options: EvalOptions) -> Evaluation:
     split, batch_size, workers, ten_crop = o.split, o.batch_size, o.workers, o.ten_crop
     paths, data = list(o.checkpoints), dict(o.data)
     members = _load_members(paths, o.model, o.weights, o.ema, o.runtime)
+    if o.explain is not None:
+        if len(members) > 1:
+            raise ConfigError(
+                "explain draws one model's class activation maps; give one checkpoint, not "
+                f"an ensemble of {len(members)}"
+            )
+        cam_head(members[0].classifier.model)  # a model without exact maps: refused now
     cfg = _data_config(members[0].data, data)
     if members[0].data is not None and "split_file" not in data:
         # A run that carved its splits from one folder recorded them next to its checkpoints.
@@ -225,8 +254,9 @@ def prepare_evaluation(options: EvalOptions) -> Evaluation:
     )
     precision = o.runtime.precision
     return Evaluation(
-        members, cfg, split, dataset, list(classes), pres, ten_crop, precision, loader, notes
-    )
+        members, cfg, split, dataset, list(classes), pres, ten_crop, precision, loader, notes,
+        explain=None if o.explain is None else Path(o.explain), explain_count=o.explain_count,
+    )  # fmt: skip
 
 
 def _load_members(

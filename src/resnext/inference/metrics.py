@@ -38,6 +38,7 @@ class EvalResult:
     class_counts: list[int]  # images of each class
     confusion: Tensor  # (classes, classes) int64: rows = true class, columns = predicted
     probs: Tensor | None = None  # (num_images, classes) averaged softmax, if asked for
+    labels: Tensor | None = None  # (num_images,) the true classes, with probs
 
     @property
     def top1_error(self) -> float:
@@ -107,6 +108,7 @@ class _Meter:
         self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
         self.keep = keep_probs
         self.probs: list[Tensor] = []
+        self.labels: list[Tensor] = []
 
     def update(self, log_probs: Tensor, labels: Tensor) -> None:
         top = log_probs.topk(self.topk, dim=1).indices
@@ -118,6 +120,7 @@ class _Meter:
         self.confusion += torch.bincount(labels * self.k + pred, minlength=self.k * self.k)
         if self.keep:
             self.probs.append(log_probs.exp())
+            self.labels.append(labels.clone())
 
     def all_reduce(self) -> None:
         """Sum the counts of every process (each evaluated its own share of the images)."""
@@ -153,6 +156,7 @@ class _Meter:
             class_counts=[int(c) for c in counts],
             confusion=conf.clone(),
             probs=torch.cat(self.probs) if self.keep and self.probs else None,
+            labels=torch.cat(self.labels) if self.keep and self.labels else None,
         )
 
 
@@ -220,7 +224,8 @@ def run_metrics(
         names: a display name per member.
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; scores are reduced in fp32).
         channels_last: feed the images in NHWC layout (for models converted to it).
-        keep_probs: also return every image's averaged probabilities (single process only).
+        keep_probs: also return every image's averaged probabilities and its label (single
+            process only).
         distributed: every process of a DDP job ran its own share of the images (no
             padding); the counts are summed over processes, so the result is exact.
 

@@ -8,6 +8,11 @@ Routes:
   ``name``: what people read, a WordNet id's name; ``probability``), the model's name and
   back-end. They are those of ``resnext predict --json`` for the same files: the same
   decoding (:func:`~resnext.data.images.load_image`), preprocessing and model.
+- ``POST /v1/predict?explain=1``: each prediction also carries ``explanation``: its top-1
+  class's activation map blended over the image at the image's own size, as a base64 PNG
+  (``overlay_png``), from the eager fp32 model beside the back-end's logits
+  (:mod:`resnext.inference.explain`; ``classes_agree`` says whether that model ranks the
+  same class first). A model without exact maps (an exported ``.onnx``) answers 422.
 - ``GET /v1/model``: architecture, parameters, classes and their names, preprocessing,
   back-end, limits.
 - ``GET /healthz``: the process is up. ``GET /readyz``: the model is loaded and warmed (503
@@ -22,6 +27,7 @@ method, path, status, latency, the batch size(s) its images ran in, and the requ
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import importlib.resources
 import logging
@@ -41,7 +47,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..data.eval_transforms import to_image_tensor
+from ..errors import WeightsError
 from ..inference import Classifier
+from ..inference.explain import cam_head, explain_batch
+from ..inference.overlay import blend, png_bytes
 from ..models import ResNeXt
 from .batching import Batcher, BatcherClosed, Overloaded
 from .limits import (
@@ -56,6 +66,7 @@ from .limits import (
     decode_image,
     error_body,
     media_type,
+    parse_flag,
     parse_topk,
     send_error,
 )
@@ -86,6 +97,11 @@ class _Service:
         self.name = arch.name if arch is not None else type(classifier.model).__name__
         self.ready = False
         self.warm_error: str | None = None
+        try:  # whether ?explain=1 can answer: exact maps need a GAP + linear head
+            cam_head(classifier.model)
+            self.explain_refused: str | None = None
+        except WeightsError as e:
+            self.explain_refused = str(e)
         self.info = {
             "model": self.name,
             "file": Path(source).name,
@@ -99,6 +115,7 @@ class _Service:
             "precision": classifier.precision,
             "device": str(classifier.device),
             "settings": asdict(settings),
+            "explain": self.explain_refused is None,  # POST /v1/predict?explain=1 answers
         }
 
     async def warm_up(self) -> None:
@@ -118,9 +135,32 @@ class _Service:
         self.ready = True
         log.info("ready: warmed up in %.2f s", time.perf_counter() - start)
 
-    def prepare(self, data: bytes, name: str) -> torch.Tensor:
-        """Uploaded bytes -> the preprocessed tensor (runs on a worker thread)."""
-        return self.classifier.to_tensor(decode_image(data, self.settings.max_pixels, name))
+    def prepare(
+        self, data: bytes, name: str, explain: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Uploaded bytes -> the preprocessed tensor and, to explain it, the picture as a
+        ``(3, H, W)`` tensor (runs on a worker thread)."""
+        image = decode_image(data, self.settings.max_pixels, name)
+        return self.classifier.to_tensor(image), to_image_tensor(image) if explain else None
+
+    def explain(
+        self, tensors: list[torch.Tensor], pictures: list[torch.Tensor], probs: torch.Tensor
+    ) -> list[dict]:
+        """Each image's top-1 map (the back-end's class) blended over it, as the response
+        carries it (runs on a worker thread)."""
+        clf = self.classifier
+        found = explain_batch(
+            clf.model, torch.stack(tensors), probs, pictures, clf.classes, clf.preprocess, 1
+        )
+        return [
+            {
+                "class": e.classes[0],
+                "classes_agree": e.agrees,
+                "eager_class": e.eager_classes[0],
+                "overlay_png": base64.b64encode(png_bytes(blend(e.image, e.maps[0]))).decode(),
+            }
+            for e in found
+        ]
 
 
 def _count_parameters(model: torch.nn.Module) -> int:
@@ -174,14 +214,21 @@ def create_app(classifier: Classifier, settings: ServeSettings, source: str = "m
         if not service.ready:
             raise RequestError(503, "not_ready", "the model is still warming up; retry shortly")
         k = parse_topk(request.query_params.get("topk"))
+        explain = parse_flag("explain", request.query_params.get("explain"))
+        if explain and service.explain_refused is not None:
+            raise RequestError(422, "explain_unavailable", service.explain_refused)
         if media_type(request.headers.get("content-type")) == "multipart/form-data":
             uploads = await _read_multipart(request, settings.max_files)
         else:
             check_raw_media_type(request.headers.get("content-type"))
             uploads = [(None, "the request body", await request.body())]
-        tensors = await asyncio.gather(
-            *(asyncio.to_thread(service.prepare, data, label) for _, label, data in uploads)
+        prepared = await asyncio.gather(
+            *(
+                asyncio.to_thread(service.prepare, data, label, explain)
+                for _, label, data in uploads
+            )
         )
+        tensors = [t for t, _ in prepared]
         try:
             results = await service.batcher.submit(tensors)
         except Overloaded as e:
@@ -189,22 +236,24 @@ def create_app(classifier: Classifier, settings: ServeSettings, source: str = "m
         except BatcherClosed as e:
             raise RequestError(503, "shutting_down", str(e)) from None
         request.state.batch_sizes = [r.batch_size for r in results]
-        top = classifier.topk(torch.stack([r.probabilities for r in results]), k)
-        return JSONResponse(
+        probs = torch.stack([r.probabilities for r in results])
+        top = classifier.topk(probs, k)
+        predictions = [
             {
-                "model": service.name,
-                "backend": classifier.backend,
-                "predictions": [
-                    {
-                        "filename": filename,
-                        "topk": [
-                            {"class": c, "name": classifier.name_of(c), "probability": p}
-                            for c, p in preds
-                        ],
-                    }
-                    for (filename, _, _), preds in zip(uploads, top, strict=True)
+                "filename": filename,
+                "topk": [
+                    {"class": c, "name": classifier.name_of(c), "probability": p} for c, p in preds
                 ],
             }
+            for (filename, _, _), preds in zip(uploads, top, strict=True)
+        ]
+        if explain:
+            pictures = [p for _, p in prepared if p is not None]
+            found = await asyncio.to_thread(service.explain, tensors, pictures, probs)
+            for prediction, explanation in zip(predictions, found, strict=True):
+                prediction["explanation"] = explanation
+        return JSONResponse(
+            {"model": service.name, "backend": classifier.backend, "predictions": predictions}
         )
 
     async def request_error(request: Request, exc: Exception) -> Response:

@@ -140,6 +140,19 @@ def parse_topk(value: str | None, default: int = 5) -> int:
     return k
 
 
+def parse_flag(name: str, value: str | None) -> bool:
+    """A yes/no query value: ``1``/``true``/``yes`` or ``0``/``false``/``no`` (absent: no);
+    422 otherwise."""
+    if value is None:
+        return False
+    v = value.strip().lower()
+    if v in ("1", "true", "yes"):
+        return True
+    if v in ("0", "false", "no", ""):
+        return False
+    raise RequestError(422, f"bad_{name}", f"{name} must be 1 or 0 (true/false), got {value!r}")
+
+
 def limit_pillow_pixels(max_pixels: int) -> None:
     """Make Pillow itself refuse images over ``max_pixels`` in this process: its
     decompression-bomb limit set to ours, and its warning (raised between 1x and 2x the
