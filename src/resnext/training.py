@@ -42,6 +42,7 @@ from .engine import (
     init_distributed,
     seed_everything,
 )
+from .engine.peers import peer_failures
 from .engine.setup import (
     Resume,
     RunSetup,
@@ -77,7 +78,7 @@ def train(
     resume: continue with the checkpoint's own recipe (plus ``overrides``)."""
     t_start = time.perf_counter()
     device = resolve_device(cfg.train.device, what="train.device")
-    dist = init_distributed(device)
+    dist = init_distributed(device, cfg.train.dist_timeout_s)
     try:
         if not dist.is_main:
             say = _silent
@@ -89,14 +90,15 @@ def train(
         for line in _opening_lines(setup, trainer):
             say(line)
         sys.stdout.flush()
-        result = trainer.fit()
-        outcome = TrainOutcome(
-            result, setup.run_dir, setup.cfg, time.perf_counter() - t_start, dist.is_main
-        )
-        # Every process done with its collectives before the group is torn down: a gloo
-        # process that destroyed it while its peer still ran aborted at exit (seen in CI).
-        # Not on an error: a peer stuck elsewhere would make the barrier hang.
-        barrier(dist)
+        with peer_failures(dist, cfg.train.dist_timeout_s, lambda: trainer.progress):
+            result = trainer.fit()
+            outcome = TrainOutcome(
+                result, setup.run_dir, setup.cfg, time.perf_counter() - t_start, dist.is_main
+            )
+            # Every process done with its collectives before the group is torn down: a gloo
+            # process that destroyed it while its peer still ran aborted at exit (seen in CI).
+            # Not on an error: a peer stuck elsewhere would make the barrier hang.
+            barrier(dist)
         return outcome
     finally:
         gc.collect()  # the run's objects (DDP and its reducer) go before their process group
@@ -115,7 +117,7 @@ def setup_run(
     """Resolve the run once: its config (resume, batch, precision), run folder, data, model
     and pretrained weights, each check before the next costly step. Returns the set-up and
     the splits it was built from (their record and notes go into the run folder)."""
-    cfg, resume = resolve_run_config(cfg, config_given=config_given, overrides=overrides)
+    cfg, resume = resolve_run_config(cfg, config_given=config_given, overrides=overrides, say=say)
     cfg = resolve_train_config(cfg, device, dist, resume, say)
     run_dir = choose_run_dir(cfg, resume, dist)
     splits = _build_data(cfg, resume, dist, say)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -26,8 +27,9 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group ``torchrun`` describes in the environment (or stay single)."""
+def init_distributed(device: torch.device, timeout_s: float | None = None) -> DistInfo:
+    """Join the process group ``torchrun`` describes in the environment (or stay single).
+    ``timeout_s`` (``train.dist_timeout_s``): how long a collective waits for a peer."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
@@ -37,7 +39,8 @@ def init_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, init_method="env://")
+        timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
-from ..checkpoint import save_checkpoint as write_checkpoint
+from ..checkpoint import save_step_checkpoint as write_checkpoint
 from ..data import LoaderOrder, bad_file_report, make_loader, set_loader_epoch
 from ..errors import ConfigError, DataError, TrainingError
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
@@ -239,7 +239,7 @@ class Trainer:
         if self.dist.enabled:
             self.progress.epoch_sums = all_reduce_sum(own.clone(), self.dist)
         if self.dist.is_main:
-            write_checkpoint(self.last_path, self.state())
+            write_checkpoint(self.run_dir, self.state(), self.tc.keep_checkpoints)
         self.progress.epoch_sums = own
 
     def _check_finite(self, loss_sum: torch.Tensor, batch: int) -> None:
