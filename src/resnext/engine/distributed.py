@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ..data import BadFileReport, bad_file_report
 
 
 @dataclass(frozen=True)
@@ -71,3 +74,15 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def job_bad_files(dataset: Any, info: DistInfo) -> BadFileReport:
+    """The unreadable files (``data.on_bad_file=skip``) that any process of the job skipped:
+    each reads its own samples (its own shards), so one process's count is part of the
+    job's. Every process gets the same report, for the same epoch record."""
+    report = bad_file_report(dataset)
+    if not info.enabled:
+        return report
+    gathered: list[list[str] | None] = [None] * info.world_size
+    dist.all_gather_object(gathered, report.paths)
+    return BadFileReport(sorted({p for paths in gathered for p in paths or ()}))

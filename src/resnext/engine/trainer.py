@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from ..checkpoint import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
 from ..checkpoint import save_step_checkpoint as write_checkpoint
-from ..data import LoaderOrder, bad_file_report, make_loader, set_loader_epoch
+from ..data import LoaderOrder, make_loader, set_loader_epoch
 from ..errors import ConfigError, DataError, TrainingError
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, job_bad_files
 from .progress import FitResult, Progress
 from .rng import get_rng_state, set_rng_state
 from .runlog import RunLog
@@ -353,7 +353,7 @@ class Trainer:
                 p.best_top1, p.best_epoch, improved = val["top1"], p.epoch, True
         elif self.val_set is None:
             p.best_epoch, improved = p.epoch, True  # no val split: keep the latest
-        skipped = bad_file_report(self.train_set)
+        skipped = job_bad_files(self.train_set, self.dist)
         if skipped.count:
             record["skipped_files"] = skipped.count
         record["seconds"] = p.seconds + (time.perf_counter() - self._t_start)
