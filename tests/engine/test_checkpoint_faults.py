@@ -167,6 +167,7 @@ def test_a_disk_that_fills_stops_the_run_with_one_line_and_the_previous_checkpoi
         code, err, run = done.returncode, done.stderr.strip(), tmp_path / "run"
         free = r"\d+(\.\d)? (bytes|KiB|MiB|GiB)"
     assert code == 1, err
+    print(f"\n{err}")
     assert "\n" not in err
     assert re.fullmatch(
         rf"resnext train: error: checkpoint of step 8 not written: cannot write "
