@@ -127,6 +127,9 @@ class TrainConfig:
     eval_every: int = 1  # validate every this many epochs
     log_every: int = 10  # write a metrics line every this many steps
     checkpoint_every_steps: int | None = 500  # also write last.pt mid-epoch every N steps
+    keep_checkpoints: int = 2  # newest step checkpoints kept (step-N.pt, each with its SHA-256)
+    # seconds a collective waits for a peer before every waiting rank stops with an error
+    dist_timeout_s: float = 1800.0  # a hung or dead process fails the job after this long
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests)
     # signals that stop the run at the next step, last.pt written (preemption; [] = none)
     stop_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
@@ -289,6 +292,7 @@ def _check_values(cfg: Config) -> None:
         "train.batch_size": cfg.train.batch_size,
         "train.accumulate_steps": cfg.train.accumulate_steps,
         "train.eval_every": cfg.train.eval_every,
+        "train.keep_checkpoints": cfg.train.keep_checkpoints,
         "data.image_size": cfg.data.image_size,
     }
     for key, value in positive.items():
@@ -304,6 +308,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"train.global_batch_size must be at least 1, got {cfg.train.global_batch_size}"
         )
+    if cfg.train.dist_timeout_s <= 0:
+        raise ConfigError(f"train.dist_timeout_s must be positive, got {cfg.train.dist_timeout_s}")
     if cfg.data.shuffle_buffer < 0:
         raise ConfigError(
             f"data.shuffle_buffer must be 0 (no shuffling) or more, got {cfg.data.shuffle_buffer}"

@@ -42,6 +42,7 @@ from .engine import (
     init_distributed,
     seed_everything,
 )
+from .engine.peers import peer_failures
 from .engine.restart import resolve_restart
 from .engine.setup import (
     Resume,
@@ -78,7 +79,7 @@ def train(
     resume: continue with the checkpoint's own recipe (plus ``overrides``)."""
     t_start = time.perf_counter()
     device = resolve_device(cfg.train.device, what="train.device")
-    dist = init_distributed(device)
+    dist = init_distributed(device, cfg.train.dist_timeout_s)
     try:
         if not dist.is_main:
             say = _silent
@@ -90,14 +91,15 @@ def train(
         for line in _opening_lines(setup, trainer):
             say(line)
         sys.stdout.flush()
-        result = trainer.fit()
-        outcome = TrainOutcome(
-            result, setup.run_dir, setup.cfg, time.perf_counter() - t_start, dist.is_main
-        )
-        # Every process done with its collectives before the group is torn down: a gloo
-        # process that destroyed it while its peer still ran aborted at exit (seen in CI).
-        # Not on an error: a peer stuck elsewhere would make the barrier hang.
-        barrier(dist)
+        with peer_failures(dist, cfg.train.dist_timeout_s, lambda: trainer.progress):
+            result = trainer.fit()
+            outcome = TrainOutcome(
+                result, setup.run_dir, setup.cfg, time.perf_counter() - t_start, dist.is_main
+            )
+            # Every process done with its collectives before the group is torn down: a gloo
+            # process that destroyed it while its peer still ran aborted at exit (seen in CI).
+            # Not on an error: a peer stuck elsewhere would make the barrier hang.
+            barrier(dist)
         return outcome
     finally:
         gc.collect()  # the run's objects (DDP and its reducer) go before their process group
@@ -119,7 +121,7 @@ def setup_run(
     cfg, overrides, restarted = resolve_restart(cfg, overrides or [])  # torchrun/SLURM restart
     if restarted:
         say(restarted)
-    cfg, resume = resolve_run_config(cfg, config_given=config_given, overrides=overrides)
+    cfg, resume = resolve_run_config(cfg, config_given=config_given, overrides=overrides, say=say)
     cfg = resolve_train_config(cfg, device, dist, resume, say)
     run_dir = choose_run_dir(cfg, resume, dist)
     splits = _build_data(cfg, resume, dist, say)

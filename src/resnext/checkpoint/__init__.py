@@ -16,6 +16,16 @@ from .checkpoints import (
     save_checkpoint,
     selected_ema,
 )
+from .keep import (
+    LAST,
+    DamagedCheckpointError,
+    check_intact,
+    has_checkpoint,
+    load_named,
+    load_newest_intact,
+    save_step_checkpoint,
+    step_checkpoints,
+)
 from .model_file import is_model_file, load_model_file, save_model_file, sidecar_path
 from .records import (
     CHECKPOINT_FORMAT,
@@ -33,26 +43,33 @@ from .safe_read import (
     read_file,
     strip_prefixes,
 )
-from .writing import atomic_write, refuse_overwriting, save_safetensors
+from .writing import DiskFullError, atomic_write, refuse_overwriting, save_safetensors
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "LAST",
     "MODEL_FORMAT",
     "STATE_DICT_PREFIXES",
     "TRAINING_KEYS",
     "VERSION",
     "WRAPPER_KEYS",
+    "DamagedCheckpointError",
+    "DiskFullError",
     "WeightsError",
     "add_num_batches_tracked",
     "atomic_write",
     "built_to_load",
+    "check_intact",
     "checkpoint_record",
     "copy_checkpoint",
     "extract_state_dict",
+    "has_checkpoint",
     "is_model_file",
     "load_checked",
     "load_checkpoint",
     "load_model_file",
+    "load_named",
+    "load_newest_intact",
     "make_checkpoint",
     "model_description",
     "model_from_checkpoint",
@@ -61,7 +78,9 @@ __all__ = [
     "save_checkpoint",
     "save_model_file",
     "save_safetensors",
+    "save_step_checkpoint",
     "selected_ema",
     "sidecar_path",
+    "step_checkpoints",
     "strip_prefixes",
 ]

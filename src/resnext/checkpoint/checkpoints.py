@@ -66,24 +66,26 @@ def make_checkpoint(
     )
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
     """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, then
-    ``os.replace``, so a crash mid-write never leaves a truncated checkpoint behind."""
+    ``os.replace``, so a crash mid-write never leaves a truncated checkpoint behind. Returns
+    the file's SHA-256 (hex); a full disk raises :class:`~.writing.DiskFullError`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "version": VERSION, **payload}
-    atomic_write(path, lambda f: torch.save(payload, f))
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
-    """Copy a checkpoint file atomically (``best.pt`` from ``last.pt``, without re-serialising)."""
+def copy_checkpoint(src: str | Path, dst: str | Path) -> str:
+    """Copy a checkpoint file atomically (``best.pt`` from ``last.pt``, without re-serialising);
+    returns the copy's SHA-256 (hex)."""
     src, dst = Path(src), Path(dst)
 
     def write(f: BinaryIO) -> None:
         with open(src, "rb") as g:
             shutil.copyfileobj(g, f, length=16 << 20)
 
-    atomic_write(dst, write)
+    return atomic_write(dst, write)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
+
+from ..data import BadFileReport, bad_file_report
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,9 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group ``torchrun`` describes in the environment (or stay single)."""
+def init_distributed(device: torch.device, timeout_s: float | None = None) -> DistInfo:
+    """Join the process group ``torchrun`` describes in the environment (or stay single).
+    ``timeout_s`` (``train.dist_timeout_s``): how long a collective waits for a peer."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
@@ -39,13 +44,17 @@ def init_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        timeout = timedelta(seconds=timeout_s) if timeout_s is not None else None
         # torchrun's store outlives a restart of the worker group, and with it the keys the
         # group before wrote (gloo's peer addresses): a restarted process could read those
         # and connect to a dead peer. Each start of the group keys its own.
-        store, _, _ = next(dist.rendezvous("env://"))
+        rendezvous = dist.rendezvous("env://", **({"timeout": timeout} if timeout else {}))
+        store, _, _ = next(rendezvous)
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         store = dist.PrefixStore(f"resnext/start{attempt}", store)
-        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout
+        )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
@@ -83,3 +92,15 @@ def rank0_printer(log: Callable[[str], None] | None, info: DistInfo) -> Callable
     if not info.is_main:
         return lambda _message: None
     return log if log is not None else tqdm.write
+
+
+def job_bad_files(dataset: Any, info: DistInfo) -> BadFileReport:
+    """The unreadable files (``data.on_bad_file=skip``) that any process of the job skipped:
+    each reads its own samples (its own shards), so one process's count is part of the
+    job's. Every process gets the same report, for the same epoch record."""
+    report = bad_file_report(dataset)
+    if not info.enabled:
+        return report
+    gathered: list[list[str] | None] = [None] * info.world_size
+    dist.all_gather_object(gathered, report.paths)
+    return BadFileReport(sorted({p for paths in gathered for p in paths or ()}))

@@ -34,6 +34,8 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "train.tensorboard": "logging only",
     "train.checkpoint_every_steps": "when last.pt is written, not what is trained",
     "train.stop_signals": "which signals stop the run, not what is trained",
+    "train.keep_checkpoints": "how many checkpoints are kept, not what is trained",
+    "train.dist_timeout_s": "how long a collective waits for a hung peer before failing",
     "train.output_dir": "where the run folder is",
     "train.run_name": "where the run folder is",
     "train.resume": "the resume itself",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import LAST, has_checkpoint, load_named, load_newest_intact
 from ..config import Config, from_dict, from_stored, merge_overrides, resolve_batch_size
 from ..errors import ConfigError
 from ..runtime import PRECISIONS, auto_train_precision, check_precision, configure_torch
@@ -69,7 +69,8 @@ class RunSetup:
 
 # -- the config this run uses ------------------------------------------------------------
 def find_resume(cfg: Config) -> Path:
-    """The checkpoint ``train.resume`` names: a path, or ``auto`` (the run's last.pt)."""
+    """The checkpoint ``train.resume`` names: a path, or ``auto`` (the run's last.pt, which
+    :func:`resolve_run_config` replaces by the newest intact checkpoint beside it)."""
     tc = cfg.train
     out = Path(tc.output_dir)
     if tc.resume != "auto":
@@ -78,14 +79,15 @@ def find_resume(cfg: Config) -> Path:
             raise ConfigError(f"train.resume={tc.resume!r}: no such checkpoint file")
         return path
     if tc.run_name is not None:
-        path = out / tc.run_name / "last.pt"
-        if not path.is_file():
+        path = out / tc.run_name / LAST
+        if not has_checkpoint(path.parent):
             raise ConfigError(
                 f"nothing to resume: {path} does not exist (train.run_name={tc.run_name!r}); "
                 "drop --resume to start the run"
             )
         return path
-    found = sorted(out.glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
+    # lstat: last.pt is a link, made when its checkpoint was (and may point at a lost file)
+    found = sorted(out.glob(f"*/{LAST}"), key=lambda p: p.lstat().st_mtime)
     if not found:
         raise ConfigError(
             f"nothing to resume: no run folder with a last.pt under {str(out)!r}; "
@@ -95,18 +97,27 @@ def find_resume(cfg: Config) -> Path:
 
 
 def resolve_run_config(
-    cfg: Config, *, config_given: bool = True, overrides: list[str] | None = None
+    cfg: Config,
+    *,
+    config_given: bool = True,
+    overrides: list[str] | None = None,
+    say: Callable[[str], None] = lambda _m: None,
 ) -> tuple[Config, Resume | None]:
     """The config a run will use, and the checkpoint it resumes (if any).
 
     ``resnext train --resume`` without a recipe continues the run with the checkpoint's own
     config and the given overrides; ``train.max_steps`` is not inherited from it, since it
-    is a stop of one session, not part of the recipe.
+    is a stop of one session, not part of the recipe. ``train.resume=auto`` takes the newest
+    intact checkpoint of the run folder (saying which damaged ones it passed over); a
+    checkpoint named by path is taken only if intact.
     """
     if not cfg.train.resume:
         return cfg, None
     path = find_resume(cfg)
-    ckpt = load_checkpoint(path)
+    if cfg.train.resume == "auto":
+        path, ckpt = load_newest_intact(path.parent, say)
+    else:
+        ckpt = load_named(path)
     if not config_given:
         base = from_stored(ckpt.get("config")).to_dict()  # read as today's keys
         base["train"]["max_steps"] = None
@@ -189,7 +200,7 @@ def choose_run_dir(cfg: Config, resume: Resume | None, dist: DistInfo) -> Path:
         if dist.enabled:  # every process must use rank 0's clock
             torch.distributed.broadcast_object_list(name, src=0)
         run_dir = Path(tc.output_dir) / name[0]
-    if resume is None and (run_dir / "last.pt").exists():
+    if resume is None and has_checkpoint(run_dir):
         raise ConfigError(
             f"{run_dir} already holds a run (last.pt); add --resume to continue it, "
             "or choose another train.run_name"

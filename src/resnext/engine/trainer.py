@@ -23,17 +23,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..checkpoint import copy_checkpoint, load_checked, load_checkpoint, make_checkpoint
-from ..checkpoint import save_checkpoint as write_checkpoint
+from ..checkpoint import save_step_checkpoint as write_checkpoint
 from ..data import (
     LoaderOrder,
     Preprocess,
     TransformedDataset,
-    bad_file_report,
     make_loader,
     set_loader_epoch,
 )
 from ..errors import ConfigError, DataError, TrainingError
-from .distributed import all_reduce_sum, barrier, broadcast_buffers, rank0_printer
+from .distributed import all_reduce_sum, barrier, broadcast_buffers, job_bad_files, rank0_printer
 from .preemption import StopSignals, stop_record
 from .progress import FitResult, Progress, epoch_line
 from .rng import get_rng_state, set_rng_state
@@ -248,7 +247,7 @@ class Trainer:
         if self.dist.enabled:
             self.progress.epoch_sums = all_reduce_sum(own.clone(), self.dist)
         if self.dist.is_main:
-            write_checkpoint(self.last_path, self.state())
+            write_checkpoint(self.run_dir, self.state(), self.tc.keep_checkpoints)
         self.progress.epoch_sums = own
 
     def _check_finite(self, loss_sum: torch.Tensor, batch: int) -> None:
@@ -362,7 +361,7 @@ class Trainer:
                 p.best_top1, p.best_epoch, improved = val["top1"], p.epoch, True
         elif self.val_set is None:
             p.best_epoch, improved = p.epoch, True  # no val split: keep the latest
-        skipped = bad_file_report(self.train_set)
+        skipped = job_bad_files(self.train_set, self.dist)
         if skipped.count:
             record["skipped_files"] = skipped.count
         record["seconds"] = p.seconds + (time.perf_counter() - self._t_start)
