@@ -424,21 +424,29 @@ def test_every_request_has_one_log_line(server) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])  # replaced, not logged raw
 
 
-@pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not (shutil.which("chromium") and shutil.which("chromedriver")),
     reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
 )
-def test_page_in_headless_chromium_shows_the_top1(server, digits, expected, tmp_path) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
+
+def _headless_chromium(webdriver: Any) -> Any:  # selenium is imported by each test
+    """Debian's chromium under its chromedriver, headless, at a fixed window size."""
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=900,700"):
         options.add_argument(arg)
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    driver = webdriver.Chrome(options=options, service=service)
+    return webdriver.Chrome(options=options, service=service)
+
+
+@needs_chromium
+def test_page_in_headless_chromium_shows_the_top1(server, digits, expected, tmp_path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _headless_chromium(webdriver)
     try:
         driver.get(f"{server.url}/")
         WebDriverWait(driver, 20).until(
@@ -482,21 +490,13 @@ def test_explain_adds_each_images_map_over_it_at_its_size(server, digits, checkp
     assert httpx.get(f"{server.url}/v1/model").json()["explain"] is True
 
 
-@pytest.mark.skipif(
-    not (shutil.which("chromium") and shutil.which("chromedriver")),
-    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
-)
+@needs_chromium
 def test_page_toggle_lays_the_map_over_each_image(server, digits, tmp_path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=900,700"):
-        options.add_argument(arg)
-    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
-    driver = webdriver.Chrome(options=options, service=service)
+    driver = _headless_chromium(webdriver)
 
     def overlays_shown(d: Any) -> list[bool]:
         return [
