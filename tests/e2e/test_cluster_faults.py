@@ -104,27 +104,51 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("sig", "again"),
-    [(signal.SIGTERM, None), (signal.SIGUSR1, signal.SIGTERM)],
-    ids=["SIGTERM", "SIGUSR1-then-SIGTERM-again-and-again"],
+    ("sig", "again", "group"),
+    [
+        (signal.SIGTERM, None, False),
+        (signal.SIGUSR1, signal.SIGTERM, False),
+        (signal.SIGTERM, None, True),
+    ],
+    ids=[
+        "SIGTERM",
+        "SIGUSR1-then-SIGTERM-again-and-again",
+        "SIGTERM-to-the-process-group-with-2-loader-workers",
+    ],
 )
 def test_stop_signal_mid_epoch_then_resume_is_the_uninterrupted_run(
-    tmp_path: Path, straight: Path, sig: signal.Signals, again: signal.Signals | None
+    tmp_path: Path,
+    straight: Path,
+    sig: signal.Signals,
+    again: signal.Signals | None,
+    group: bool,
 ) -> None:
     """The run finishes the step in progress, writes last.pt there, logs a stop record and
     exits 128 + the signal; ``again``, sent every 2 ms from then until the run says it stopped
-    (a line printed once last.pt is written), changes nothing. --resume ends bitwise equal."""
+    (a line printed once last.pt is written), changes nothing. --resume ends bitwise equal.
+
+    ``group``: the run has two DataLoader worker processes and the signal goes to its whole
+    process group (as ``scancel``, ``pkill -f`` and a shell's job control send it): the workers
+    get it too, and the run still stops cleanly; then no process of the group is left."""
     run = tmp_path / "stopped"
     log = tmp_path / "stopped.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its lines in the log as they are printed
+    workers = ("data.num_workers=2",) if group else ()
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            _cli(tmp_path, "stopped"), stdout=out, stderr=subprocess.STDOUT, env=env
+            _cli(tmp_path, "stopped", *workers),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=group,  # its own process group, the loader workers in it
         )
         try:
             logged = _wait_for_step(proc, run, 2)  # frozen in epoch 1 (12 steps)
             assert logged < 10, "frozen too late for a mid-epoch stop"
-            proc.send_signal(sig)  # delivered on SIGCONT: the process then stops within a step
+            if group:
+                os.killpg(proc.pid, sig)  # the workers get it at once; the frozen run on SIGCONT
+            else:
+                proc.send_signal(sig)  # delivered on SIGCONT: the process then stops within a step
             proc.send_signal(signal.SIGCONT)
             sent = 0
             while again is not None and proc.poll() is None and "stopped at" not in log.read_text():
@@ -133,6 +157,8 @@ def test_stop_signal_mid_epoch_then_resume_is_the_uninterrupted_run(
                 time.sleep(0.002)
             assert again is None or sent > 1
             code = proc.wait(timeout=BOUND)
+            if group:
+                _wait_for_group_to_end(proc.pid)
         finally:
             proc.kill()
     text = log.read_text()
@@ -147,8 +173,22 @@ def test_stop_signal_mid_epoch_then_resume_is_the_uninterrupted_run(
     ckpt = load_checkpoint(run / "last.pt")  # whole, however many signals came
     assert (ckpt["epoch"], ckpt["step"]) == (0, stop["step"])
 
-    assert main(_args(tmp_path, "stopped", "--resume")) == 0
+    assert main(_args(tmp_path, "stopped", "--resume", "data.num_workers=0")) == 0
     _same_run(run, straight)
+
+
+def _wait_for_group_to_end(pgid: int) -> None:
+    """Wait until no process of group ``pgid`` is left (the loader workers exit after the
+    run); fail, killing the stragglers, after 30 s."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.killpg(pgid, signal.SIGKILL)
+    raise AssertionError(f"processes of the run's group {pgid} were left 30 s after it ended")
 
 
 # -- two processes: torchrun -------------------------------------------------------------

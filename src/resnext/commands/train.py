@@ -17,6 +17,7 @@ from ..engine.preemption import exit_status
 from ..engine.setup import resolve_run_config
 from ..table import format_table
 from ..training import TrainOutcome, train
+from .common import IntermixedParser
 
 HELP = "train a ResNeXt (no arguments: the built-in digits demo)"
 DESCRIPTION = """\
@@ -30,6 +31,7 @@ a SLURM requeue, a run resumes its run folder by itself.
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.__class__ = IntermixedParser  # options and overrides in any order
     p.add_argument(
         "config",
         nargs="?",

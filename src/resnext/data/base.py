@@ -8,6 +8,8 @@ or 8 workers, and the same after a resume in the middle of an epoch.
 
 from __future__ import annotations
 
+import functools
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -163,6 +165,27 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def ignoring_signals(names: Sequence[str]) -> Callable[[int], None] | None:
+    """A DataLoader ``worker_init_fn`` that makes each worker ignore the signals ``names``
+    (a run's ``train.stop_signals``); None for none.
+
+    A scheduler's stop signal often reaches every process of a job, the loader workers too:
+    ``scancel`` and ``pkill -f`` signal them all, as a terminal's job control signals its
+    process group. torch's workers die on SIGTERM, and the next batch then fails the run
+    ("DataLoader worker ... is killed by signal: Terminated") before it can stop cleanly.
+    Ignoring it, a worker goes on serving batches until the run stops at its step boundary;
+    it still exits when its loader shuts down or its parent dies (torch's watchdog), and on
+    SIGKILL.
+    """
+    return functools.partial(_ignore_signals, tuple(names)) if names else None
+
+
+def _ignore_signals(names: tuple[str, ...], worker_id: int) -> None:
+    # Runs in the worker after torch has set its own handlers (SIGTERM among them).
+    for name in names:
+        signal.signal(signal.Signals[name], signal.SIG_IGN)
 
 
 def index_seed(index: int) -> int:

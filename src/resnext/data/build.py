@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -10,7 +10,14 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..config import DataConfig
 from ..errors import DataError
-from .base import LoaderOrder, SeededSampler, Splits, TransformedDataset, one_thread
+from .base import (
+    LoaderOrder,
+    SeededSampler,
+    Splits,
+    TransformedDataset,
+    ignoring_signals,
+    one_thread,
+)
 from .cifar import cifar_splits
 from .digits import DIGITS_CLASSES, DIGITS_MEAN, DIGITS_STD, digits_splits
 from .folder import imagefolder_splits, imagelist_splits
@@ -123,6 +130,7 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool | None = None,
     persistent_workers: bool | None = None,
+    workers_ignore: Sequence[str] = (),
 ) -> DataLoader:
     """A DataLoader whose order and augmentation depend only on ``order`` (seed, epoch, index).
 
@@ -137,6 +145,9 @@ def make_loader(
     A shard split (``data.name=webdataset``; ``dataset.streamed``) is streamed instead, in
     whole batches (:func:`~resnext.data.shards.shard_loader`): shuffled and padded
     (training), every process gets the same number; otherwise every sample comes exactly once.
+
+    ``workers_ignore`` names signals the worker processes ignore (a training run's stop
+    signals, which must end the run at a step boundary, not kill its workers under it).
     """
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
@@ -150,6 +161,7 @@ def make_loader(
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            workers_ignore=workers_ignore,
         )
     return DataLoader(
         dataset,
@@ -161,6 +173,7 @@ def make_loader(
         drop_last=False,
         collate_fn=collate,
         generator=torch.Generator().manual_seed(order.seed),
+        worker_init_fn=ignoring_signals(workers_ignore),
     )
 
 

@@ -104,6 +104,7 @@ class Trainer:
                 world_size=self.dist.world_size,
             ),
             num_workers=self.cfg.data.num_workers,
+            workers_ignore=self.tc.stop_signals,  # the run stops at a step, not its workers
         )
         self.evaluate = SplitEvaluator(
             {"val": self.val_set, "test": self.test_set},
@@ -114,6 +115,7 @@ class Trainer:
             precision=self.tc.precision,
             channels_last=self.tc.channels_last,
             dist=dist,
+            workers_ignore=self.tc.stop_signals,
         )
         self.runlog: RunLog | None = None
         self.stop = StopSignals(self.tc.stop_signals, dist, device)  # preemption (while fit runs)
@@ -233,6 +235,7 @@ class Trainer:
             order,
             num_workers=self.cfg.data.num_workers,
             persistent_workers=False,
+            workers_ignore=self.tc.stop_signals,
         )
         self.ema.recompute_bn(loader, self.tc.ema_bn_batches, self.device, self.tc.channels_last)
         self._ema_bn_step = self.progress.step

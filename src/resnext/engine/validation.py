@@ -3,6 +3,8 @@ metric loop (:func:`~resnext.inference.metrics.run_metrics`), exact under DDP.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -30,10 +32,12 @@ class SplitEvaluator:
         precision: str,
         channels_last: bool,
         dist: DistInfo,
+        workers_ignore: Sequence[str] = (),
     ) -> None:
         self.splits, self.batch_size, self.num_workers = splits, batch_size, num_workers
         self.num_classes, self.device, self.precision = num_classes, device, precision
         self.channels_last, self.dist = channels_last, dist
+        self.workers_ignore = tuple(workers_ignore)  # signals the loader workers ignore
         self._loaders: dict[str, DataLoader] = {}
 
     def loader(self, split: str) -> DataLoader:
@@ -47,6 +51,7 @@ class SplitEvaluator:
                 self.batch_size,
                 LoaderOrder(rank=self.dist.rank, world_size=self.dist.world_size, pad=False),
                 num_workers=self.num_workers,
+                workers_ignore=self.workers_ignore,
             )
         return self._loaders[split]
 

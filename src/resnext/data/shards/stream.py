@@ -18,7 +18,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from ...errors import ResnextError
-from ..base import LoaderOrder, TransformedDataset, one_thread, sample_seed, seeded_transform
+from ..base import (
+    LoaderOrder,
+    TransformedDataset,
+    ignoring_signals,
+    one_thread,
+    sample_seed,
+    seeded_transform,
+)
 from ..images import BadImageError, load_image
 from .index import KEY_DIGITS, LABEL_EXT, Shard, ShardError, import_webdataset
 from .plan import ShardSplit, StreamPlan, plan_epoch
@@ -258,6 +265,7 @@ def shard_loader(
     num_workers: int,
     pin_memory: bool,
     persistent_workers: bool,
+    workers_ignore: Sequence[str] = (),
 ) -> DataLoader:
     """A DataLoader of whole batches streamed from a transformed shard split (arguments as
     :func:`~resnext.data.make_loader`'s); :func:`~resnext.data.set_loader_epoch` re-seeds it.
@@ -278,4 +286,5 @@ def shard_loader(
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
         generator=torch.Generator().manual_seed(order.seed),
+        worker_init_fn=ignoring_signals(workers_ignore),
     )
