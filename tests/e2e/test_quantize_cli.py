@@ -194,3 +194,38 @@ def test_unlabelled_folder_gates_on_agreement_with_held_out_images(tmp_path) -> 
     gate = json.loads(out.with_name("int8.onnx.json").read_text())["int8"]["gate"]
     assert gate["labelled"] is False and gate["int8"]["top1"] is None
     assert gate["drop_pt"] == pytest.approx(100 - gate["int8"]["agreement"])
+
+
+def _scales(path: Path) -> dict[str, np.ndarray]:
+    """The int8 file's quantization scales (initializers named ``*_scale``) by name."""
+    tensors = onnx.load(str(path)).graph.initializer
+    return {t.name: onnx.numpy_helper.to_array(t) for t in tensors if t.name.endswith("_scale")}
+
+
+@pytest.mark.slow  # a histogram calibration of its own: ~15 s idle
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_changes_activation_scales_only(forced, checkpoint, method) -> None:
+    """--method entropy/percentile calibrates from histograms of the same images: the weights'
+    per-channel scales stay those of min-max, most activation scales change (the method took
+    effect: onnxruntime's own entropy set-up gave min-max's ranges), and the file records the
+    method. 17 images: a last batch of another size."""
+    minmax, _ = forced
+    out = checkpoint.with_name(f"tiny-{method}.onnx")
+    rc, text, err = _quantize(
+        str(checkpoint), "-o", str(out), "--images", "17", "--eval-images", "40",
+        "--method", method, "--max-drop=-100", "--force",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert f"{method} calibration" in text
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    int8 = json.loads(props[INT8_KEY])
+    assert int8["settings"]["method"] == method and int8["calibration"]["count"] == 17
+    a, b = _scales(minmax), _scales(out)
+    assert a.keys() == b.keys()
+    # per-channel weight scales (a bias's scale is the weight's times its input's)
+    weights = [k for k in a if a[k].ndim == 1 and "bias" not in k]
+    activations = [k for k in a if a[k].ndim == 0]
+    assert len(weights) > 20 and len(activations) > 20
+    assert all(np.array_equal(a[k], b[k]) for k in weights)
+    changed = [k for k in activations if not np.isclose(a[k], b[k], rtol=1e-3)]
+    assert len(changed) >= len(activations) // 2, f"{method}: {len(changed)} changed: {changed}"

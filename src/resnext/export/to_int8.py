@@ -126,14 +126,18 @@ def quantize_file(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="resnext-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
+        reader: _Batches | None = _Batches(batches)
+        cache: Path | None = None
         try:
             # BN folded into the convolutions and shapes inferred, so that each Conv gets one
             # per-channel scale and the quantizer sees every tensor's rank.
             quant_pre_process(str(fp32), str(prepared))
+            if settings.method == "entropy":
+                cache, reader = _entropy_ranges(prepared, reader, settings.ops, Path(tmp)), None
             quantize_static(
                 str(prepared),
                 str(out),
-                _Batches(batches),
+                reader,
                 quant_format=QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator,
                 op_types_to_quantize=list(settings.ops) or None,
                 per_channel=True,
@@ -141,11 +145,85 @@ def quantize_file(
                 activation_type=qtype[settings.activations],
                 weight_type=qtype[settings.weights],
                 calibrate_method=method,
+                calibration_cache_path=cache,
             )
         except (ValueError, RuntimeError) as e:  # onnxruntime's own for a graph it cannot do
             Path(out).unlink(missing_ok=True)
             raise WeightsError(f"onnxruntime could not quantize the model: {first_line(e)}") from e
     return time.perf_counter() - start
+
+
+#: The entropy calibration's histogram: 2048 bins searched for the 128-bin quantization with the
+#: least KL divergence (TensorRT's calibration, Migacz 2017).
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
+
+
+def _entropy_ranges(prepared: Path, reader: Any, ops: tuple[str, ...], tmp: Path) -> Path:
+    """Calibrate ``prepared`` by entropy with :data:`ENTROPY_BINS` histogram bins; the
+    calibration cache (tensor ranges) that ``quantize_static`` then reads.
+
+    ``quantize_static`` builds its own entropy calibrator with 128 bins and 128 quantized bins
+    and passes no bin counts on. Its KL search then has one candidate, the histogram's whole
+    range: the ranges of min-max (measured on the tiny test model: 40 of 42 activation scales
+    equal to min-max's, the other 2 wider). So the calibrator is built and run here, with
+    onnxruntime's threshold search replaced by :func:`entropy_threshold` (the same search,
+    vectorized: onnxruntime's sums bins in Python, 165 s for the tiny model at 2048 bins)."""
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    calibrator = create_calibrator(
+        prepared,
+        list(ops) or None,
+        augmented_model_path=str(tmp / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+    )
+    calibrator.collect_data(reader)
+    if hasattr(calibrator.collector, "get_entropy_threshold"):  # else onnxruntime's own, slower
+        calibrator.collector.get_entropy_threshold = entropy_threshold
+    cache = tmp / "ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
+
+
+def entropy_threshold(histogram: tuple[Any, ...], num_quantized_bins: int) -> tuple[Any, Any]:
+    """onnxruntime's ``HistogramCollector.get_entropy_threshold``, the same arithmetic with
+    its bin sums vectorized: for each symmetric window around the histogram's zero bin, the
+    KL divergence between the window (outliers folded into its end bins) and its quantization
+    into ``num_quantized_bins`` bins; the window with the least, clipped to the data's range.
+    ``histogram``: (counts, edges, min, max, ...) as the collector holds it."""
+    from onnxruntime.quantization.calibrate import entropy
+    from onnxruntime.quantization.quant_utils import smooth_distribution
+
+    hist, edges = histogram[0], histogram[1]
+    num_bins = hist.size
+    zero, half = num_bins // 2, num_quantized_bins // 2
+    below, above = np.concatenate(([0], np.cumsum(hist))), int(hist.sum())
+    windows, divs = [], np.zeros(zero - half + 1, dtype=edges.dtype)
+    for i in range(half, zero + 1):
+        start, end = zero - i, min(zero + i + 1, num_bins)
+        sliced = hist[start:end]
+        p = sliced.copy()
+        p[0] += below[start]  # the outliers left of the window
+        p[-1] += above - below[end]  # ... and right of it
+        merged = sliced.size // num_quantized_bins
+        whole = num_quantized_bins * merged
+        quantized = np.add.reduceat(sliced[:whole], np.arange(0, whole, merged))
+        quantized[-1] += sliced[whole:].sum()
+        norm = np.add.reduceat((p[:whole] != 0).astype(np.int64), np.arange(0, whole, merged))
+        spread = np.where(norm != 0, quantized / np.maximum(norm, 1), 0).astype(np.int64)
+        q = np.zeros(p.size, dtype=np.int64)
+        q[:whole] = np.repeat(spread, merged)
+        ps, qs = smooth_distribution(p), smooth_distribution(q)
+        divs[i - half] = np.inf if ps is None or qs is None else entropy(ps, qs)
+        windows.append((edges[start], edges[end]))
+    best = windows[int(np.argmin(divs))]
+    low = max(best[0], histogram[2])
+    high = min(best[1], histogram[3])
+    return np.asarray(low, dtype=edges.dtype), np.asarray(high, dtype=edges.dtype)
 
 
 def finish_int8(
