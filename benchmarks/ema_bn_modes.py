@@ -10,9 +10,10 @@ it scores on the val split:
 - ``trained``: the trained weights;
 - ``average``: the EMA with its statistics averaged along the trajectory (timm, torchvision);
 - ``copy``: the EMA weights with the trained model's current statistics;
-- ``recompute (train tf)``: the run's own EMA, statistics measured on ``train.ema_bn_batches``
-  train batches with the train transform (what ``train.ema_bn=recompute`` does);
-- ``recompute (eval tf)``: the same batches' images through the eval transform instead.
+- ``recompute (train tf)``: the EMA with statistics measured on ``train.ema_bn_batches``
+  train batches with the train transform;
+- ``recompute (eval tf)``: the same batches' images through the eval transform instead (what
+  ``train.ema_bn=recompute`` does since this benchmark measured it better).
 
 It prints a table, writes it as JSON with the time each recompute took, and plots the curves.
 The run itself is an ordinary run of the recipe: its folder holds best.pt/last.pt as usual.
@@ -34,9 +35,9 @@ import torch
 
 from resnext.benchmarking import cpu_name
 from resnext.config import load_config
-from resnext.data import LoaderOrder, TransformedDataset, make_loader
+from resnext.data import TransformedDataset
 from resnext.engine.distributed import init_distributed
-from resnext.engine.ema import ModelEma
+from resnext.engine.ema import ModelEma, recompute_loader
 from resnext.engine.trainer import Trainer
 from resnext.runtime import resolve_device
 from resnext.table import format_table
@@ -70,13 +71,8 @@ class MeasuringTrainer(Trainer):
         """A copy of the EMA with its BN statistics measured on ``dataset``'s train batches
         in the order the run's own recompute uses."""
         ema = copy.deepcopy(self.ema)
-        order = LoaderOrder(shuffle=True, seed=self.tc.seed, rank=0, world_size=1)
-        loader = make_loader(
-            dataset,
-            self.tc.batch_size,
-            order,
-            num_workers=self.cfg.data.num_workers,
-            persistent_workers=False,
+        loader = recompute_loader(
+            dataset, None, self.tc.batch_size, self.tc.seed, num_workers=self.cfg.data.num_workers
         )
         t = time.perf_counter()
         ema.recompute_bn(loader, self.tc.ema_bn_batches, self.device, self.tc.channels_last)

@@ -4,13 +4,15 @@ the three ways its BatchNorm statistics can be kept (``train.ema_bn``)."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, Dataset
 
+from ..data import LoaderOrder, TransformedDataset, make_loader
 from ..registry_names import EMA_BN_MODES
 
 # How the EMA's BatchNorm running statistics are kept (``train.ema_bn``):
@@ -106,3 +108,32 @@ class ModelEma:
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.module.load_state_dict(state, strict=True)
+
+
+def recompute_loader(
+    train_set: Dataset,
+    eval_transform: Callable[[Any], Any] | None,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    num_workers: int = 0,
+    workers_ignore: Sequence[str] = (),
+) -> DataLoader:
+    """The batches :meth:`ModelEma.recompute_bn` measures (``train.ema_bn=recompute``): this
+    rank's train samples in epoch 0's shuffled order, the same batches at every recompute, so
+    the statistics depend on the weights alone. With ``eval_transform`` the train images go
+    through it (as validation and deployment see them: measured as good or better than the
+    train transform, docs/training.md); a train set that is not a
+    :class:`~resnext.data.TransformedDataset` is used as it is. Its workers do not persist."""
+    if eval_transform is not None and isinstance(train_set, TransformedDataset):
+        train_set = TransformedDataset(train_set.base, eval_transform)
+    return make_loader(
+        train_set,
+        batch_size,
+        LoaderOrder(shuffle=True, seed=seed, rank=rank, world_size=world_size),
+        num_workers=num_workers,
+        persistent_workers=False,
+        workers_ignore=workers_ignore,
+    )

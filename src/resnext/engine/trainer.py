@@ -27,12 +27,12 @@ from ..checkpoint import save_step_checkpoint as write_checkpoint
 from ..data import (
     LoaderOrder,
     Preprocess,
-    TransformedDataset,
     make_loader,
     set_loader_epoch,
 )
 from ..errors import ConfigError, DataError, TrainingError
 from .distributed import all_reduce_sum, barrier, broadcast_buffers, job_bad_files, rank0_printer
+from .ema import recompute_loader
 from .preemption import StopSignals, stop_record
 from .progress import FitResult, Progress, epoch_line
 from .rng import get_rng_state, set_rng_state
@@ -221,20 +221,14 @@ class Trainer:
             or (not self.dist.is_main and not self.tc.sync_bn)
         ):
             return
-        order = LoaderOrder(
-            shuffle=True, seed=self.tc.seed, rank=self.dist.rank, world_size=self.dist.world_size
-        )
-        samples = self.train_set  # a dataset the engine was handed as it is: used as it is
-        if isinstance(samples, TransformedDataset):
-            samples = TransformedDataset(
-                samples.base, Preprocess.from_dict(self.preprocess).transform()
-            )
-        loader = make_loader(
-            samples,
+        loader = recompute_loader(
+            self.train_set,
+            Preprocess.from_dict(self.preprocess).transform(),
             self.tc.batch_size,
-            order,
+            self.tc.seed,
+            self.dist.rank,
+            self.dist.world_size,
             num_workers=self.cfg.data.num_workers,
-            persistent_workers=False,
             workers_ignore=self.tc.stop_signals,
         )
         self.ema.recompute_bn(loader, self.tc.ema_bn_batches, self.device, self.tc.channels_last)
