@@ -5,6 +5,7 @@ its training runs, hand-made checkpoints, and dataset files written in their off
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 import struct
 import tarfile
@@ -46,6 +47,32 @@ def tiny_run(*overrides: str) -> list[str]:
     """`resnext train` overrides for a run of the tiny ResNeXt-29: TINY_RUN, then ``overrides``
     (the last value given for a key wins, so a test can change any of TINY_RUN's)."""
     return [*TINY_RUN, *overrides]
+
+
+def run_records(run: Path) -> list[dict]:
+    """A run folder's metrics.jsonl, without its wall-clock fields."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [
+        {k: v for k, v in json.loads(x).items() if k not in ("seconds", "img_per_s")} for x in lines
+    ]
+
+
+def assert_same_training_state(a_dir: Path, b_dir: Path) -> None:
+    """Two run folders' last.pt hold bitwise the same training state at the same place (model,
+    EMA, SGD momentum, schedule) and their metrics.jsonl the same records: an interrupted run
+    that was resumed against the uninterrupted one."""
+    a, b = load_checkpoint(a_dir / "last.pt"), load_checkpoint(b_dir / "last.pt")
+    assert (a["epoch"], a["epoch_step"], a["step"]) == (b["epoch"], b["epoch_step"], b["step"])
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    momenta = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert momenta[0].keys() == momenta[1].keys() and momenta[0]
+    for i, state in momenta[0].items():
+        assert torch.equal(state["momentum_buffer"], momenta[1][i]["momentum_buffer"])
+    assert a["scheduler"] == b["scheduler"]
+    assert run_records(a_dir) == run_records(b_dir)
 
 
 # --- checkpoints and evaluation ---------------------------------------------------------

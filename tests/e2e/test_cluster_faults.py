@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_run
+from helpers import assert_same_training_state, run_records, tiny_run
 from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
 
@@ -45,28 +45,6 @@ def _args(tmp: Path, name: str, *extra: str) -> list[str]:
 
 def _cli(tmp: Path, name: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "resnext", *_args(tmp, name, *extra)]
-
-
-def _records(run: Path) -> list[dict]:
-    """metrics.jsonl without its wall-clock fields."""
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [
-        {k: v for k, v in json.loads(x).items() if k not in ("seconds", "img_per_s")} for x in lines
-    ]
-
-
-def _same_run(a_dir: Path, b_dir: Path) -> None:
-    """Two run folders hold bitwise the same training state and the same records."""
-    a, b = load_checkpoint(a_dir / "last.pt"), load_checkpoint(b_dir / "last.pt")
-    assert (a["epoch"], a["epoch_step"], a["step"]) == (b["epoch"], b["epoch_step"], b["step"])
-    for part in ("model", "ema"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
-    for i, state in a["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"])
-    assert a["scheduler"] == b["scheduler"]
-    assert _records(a_dir) == _records(b_dir)
 
 
 def _steps_logged(run: Path) -> int:
@@ -164,7 +142,7 @@ def test_stop_signal_mid_epoch_then_resume_is_the_uninterrupted_run(
     text = log.read_text()
     assert code == 128 + sig, text
     assert f"stopped by {sig.name}; --resume continues it" in text and "test top-1" not in text
-    stop = _records(run)[-1]
+    stop = run_records(run)[-1]
     assert stop == {
         "kind": "stop", "epoch": 1, "step": stop["step"], "batch": stop["step"],
         "reason": "signal", "signal": sig.name,
@@ -174,7 +152,7 @@ def test_stop_signal_mid_epoch_then_resume_is_the_uninterrupted_run(
     assert (ckpt["epoch"], ckpt["step"]) == (0, stop["step"])
 
     assert main(_args(tmp_path, "stopped", "--resume", "data.num_workers=0")) == 0
-    _same_run(run, straight)
+    assert_same_training_state(run, straight)
 
 
 def _wait_for_group_to_end(pgid: int) -> None:
@@ -249,12 +227,12 @@ def test_sigterm_to_one_of_two_workers_stops_both_at_one_step(
         agent.kill()
     assert agent.returncode != 0, out  # torchrun: workers exited 143, no restart allowed
     assert "exitcode: 143" in out and "SIGTERM: stopped at step" in out, out
-    stop = _records(run)[-1]
+    stop = run_records(run)[-1]
     assert stop["kind"] == "stop" and stop["signal"] == "SIGTERM", stop
     assert load_checkpoint(run / "last.pt")["step"] == stop["step"]
     done = _run(_torchrun(tmp_path, "stopped", "--resume"))
     assert f"(step {stop['step']})" in done.stdout
-    _same_run(run, straight2)
+    assert_same_training_state(run, straight2)
 
 
 @pytest.mark.slow
@@ -283,7 +261,7 @@ def test_sigkilled_worker_torchrun_restarts_the_group_and_it_resumes_by_itself(
     assert "exitcode: -9" in out, out  # the kill happened while the job ran
     assert f"restart 1 by torchrun: resuming by itself from {run / 'last.pt'}" in out, out
     assert "resuming" in out and out.count("test top-1") == 1
-    _same_run(run, straight2)
+    assert_same_training_state(run, straight2)
 
 
 def _free_port() -> int:
@@ -313,4 +291,4 @@ def test_two_launchers_as_two_nodes_equal_one_launcher(tmp_path: Path, straight2
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(outs)
     assert sum(out.count("test top-1") for out in outs) == 1  # one rank 0 in the job
     assert load_checkpoint(tmp_path / "nodes" / "last.pt")["metrics"]["world_size"] == 2
-    _same_run(tmp_path / "nodes", straight2)
+    assert_same_training_state(tmp_path / "nodes", straight2)

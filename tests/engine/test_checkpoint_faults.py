@@ -6,7 +6,6 @@ checkpoint intact."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource
@@ -17,9 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
-from helpers import tiny_run
+from helpers import assert_same_training_state, tiny_run
 from resnext.checkpoint import check_intact, load_checkpoint, step_checkpoints
 from resnext.cli import main
 
@@ -45,23 +43,6 @@ def _train(out: Path, name: str, *extra: str) -> int:
     return main(["train", *args])
 
 
-def _records(run: Path) -> list[dict]:
-    drop = ("seconds", "img_per_s")
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
-
-
-def _same_weights(a_dir: Path, b_dir: Path) -> None:
-    """The two runs' last checkpoints hold bitwise the same model and EMA at the same step."""
-    a, b = load_checkpoint(a_dir / "last.pt"), load_checkpoint(b_dir / "last.pt")
-    assert a["step"] == b["step"]
-    for part in ("model", "ema"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
-    assert _records(a_dir) == _records(b_dir)
-
-
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run."""
@@ -70,7 +51,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "straight"
 
 
-def test_a_truncated_newest_checkpoint_resumes_from_the_one_before_to_the_same_weights(
+def test_a_truncated_newest_checkpoint_resumes_from_the_one_before_to_theassert_same_training_state(
     tmp_path: Path, straight: Path, capsys
 ) -> None:
     assert _train(tmp_path, "run", "train.max_steps=8") == 0
@@ -87,7 +68,7 @@ def test_a_truncated_newest_checkpoint_resumes_from_the_one_before_to_the_same_w
         out,
     ), out
     assert "(step 4)" in out.split("resuming")[-1]
-    _same_weights(run, straight)
+    assert_same_training_state(run, straight)
 
 
 def test_a_damaged_checkpoint_named_by_path_is_refused_naming_the_intact_one(
@@ -183,4 +164,4 @@ def test_a_disk_that_fills_stops_the_run_with_one_line_and_the_previous_checkpoi
     moved = tmp_path / "moved"
     shutil.copytree(run, moved / "run", symlinks=True)
     assert _train(moved, "run", "--resume") == 0
-    _same_weights(moved / "run", straight)
+    assert_same_training_state(moved / "run", straight)
