@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -117,3 +119,41 @@ def test_map_style_shards_over_ranks_partition_the_dataset() -> None:
 def test_padding_a_dataset_much_smaller_than_the_world_gives_every_rank_a_sample() -> None:
     # Repeating the order once left rank 2 with nothing for n=1 under 3 processes.
     assert all(len(_served(1, r, 3, shuffle=False, pad=True)) == 1 for r in range(3))
+
+
+_LIVE_LOADER_THEN_A_BUG = """
+import torch
+from resnext.data import LoaderOrder, make_loader
+
+class Zeros(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        return torch.zeros(2), 0
+
+loader = make_loader(Zeros(), 4, LoaderOrder(), num_workers=2, workers_ignore=["SIGTERM"])
+it = iter(loader)
+next(it)
+print("workers", *sorted(w.pid for w in it._workers), flush=True)
+raise RuntimeError("a bug while the loader is live")
+"""
+
+
+def test_workers_that_ignore_stop_signals_do_not_hold_the_process_at_exit(tmp_path) -> None:
+    """An exception that escapes while a loader whose workers ignore SIGTERM is live: the
+    process exits at once with the traceback (multiprocessing's SIGTERM-then-wait at exit
+    would wait forever on such workers), reports no worker death of its own, and leaves no
+    worker behind."""
+    script = tmp_path / "bug.py"
+    script.write_text(_LIVE_LOADER_THEN_A_BUG)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.rstrip().endswith("RuntimeError: a bug while the loader is live")
+    assert "killed by signal" not in run.stderr
+    pids = [int(p) for p in run.stdout.split()[1:]]
+    assert len(pids) == 2
+    for pid in pids:  # gone (reaped by its parent before it exited), not running on
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )

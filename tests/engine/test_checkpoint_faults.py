@@ -51,7 +51,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "straight"
 
 
-def test_a_truncated_newest_checkpoint_resumes_from_the_one_before_to_theassert_same_training_state(
+def test_a_truncated_newest_checkpoint_resumes_from_the_one_before_to_the_same_state(
     tmp_path: Path, straight: Path, capsys
 ) -> None:
     assert _train(tmp_path, "run", "train.max_steps=8") == 0

@@ -8,11 +8,15 @@ or 8 workers, and the same after a resume in the middle of an epoch.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import multiprocessing
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -175,17 +179,54 @@ def ignoring_signals(names: Sequence[str]) -> Callable[[int], None] | None:
     ``scancel`` and ``pkill -f`` signal them all, as a terminal's job control signals its
     process group. torch's workers die on SIGTERM, and the next batch then fails the run
     ("DataLoader worker ... is killed by signal: Terminated") before it can stop cleanly.
-    Ignoring it, a worker goes on serving batches until the run stops at its step boundary;
-    it still exits when its loader shuts down or its parent dies (torch's watchdog), and on
-    SIGKILL.
+    Ignoring it, a worker goes on serving batches until the run stops at its step boundary.
+    It still exits when its loader shuts down, when its parent dies (torch's watchdog) and on
+    SIGKILL. At interpreter exit, torch leaves live workers to multiprocessing, which ends its
+    daemonic children with SIGTERM and then waits for them: :func:`_kill_loader_workers`, run
+    before that, ends these with SIGKILL (an exception that escapes with a loader still live
+    would otherwise leave the process waiting forever).
     """
-    return functools.partial(_ignore_signals, tuple(names)) if names else None
+    if not names:
+        return None
+    global _exit_hook
+    if not _exit_hook:
+        atexit.register(_kill_loader_workers)  # runs before multiprocessing's (registered first)
+        _exit_hook = True
+    return functools.partial(_ignore_signals, tuple(names))
+
+
+_exit_hook = False
 
 
 def _ignore_signals(names: tuple[str, ...], worker_id: int) -> None:
     # Runs in the worker after torch has set its own handlers (SIGTERM among them).
     for name in names:
         signal.signal(signal.Signals[name], signal.SIG_IGN)
+
+
+def _kill_loader_workers() -> None:
+    """At interpreter exit: SIGKILL the daemonic children that ignore SIGTERM (the loader
+    workers above), which multiprocessing's SIGTERM would not end. Every daemonic child is
+    ended at exit anyway; the others are left to multiprocessing."""
+    if threading.current_thread() is threading.main_thread():
+        # torch's SIGCHLD handler would report each worker's end as an error of its own
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon and child.pid is not None and _ignores_sigterm(child.pid):
+            child.kill()
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGTERM (Linux: its SigIgn mask); True where that
+    cannot be read."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    for line in status.splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return True
 
 
 def index_seed(index: int) -> int:

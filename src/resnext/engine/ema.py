@@ -4,7 +4,7 @@ the three ways its BatchNorm statistics can be kept (``train.ema_bn``)."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import LoaderOrder, TransformedDataset, make_loader
+from ..data import LoaderOrder, Preprocess, TransformedDataset, make_loader
 from ..registry_names import EMA_BN_MODES
 
 # How the EMA's BatchNorm running statistics are kept (``train.ema_bn``):
@@ -112,7 +112,7 @@ class ModelEma:
 
 def recompute_loader(
     train_set: Dataset,
-    eval_transform: Callable[[Any], Any] | None,
+    preprocess: Mapping[str, Any] | None,
     batch_size: int,
     seed: int,
     rank: int = 0,
@@ -123,12 +123,13 @@ def recompute_loader(
 ) -> DataLoader:
     """The batches :meth:`ModelEma.recompute_bn` measures (``train.ema_bn=recompute``): this
     rank's train samples in epoch 0's shuffled order, the same batches at every recompute, so
-    the statistics depend on the weights alone. With ``eval_transform`` the train images go
-    through it (as validation and deployment see them: measured as good or better than the
-    train transform, docs/training.md); a train set that is not a
-    :class:`~resnext.data.TransformedDataset` is used as it is. Its workers do not persist."""
-    if eval_transform is not None and isinstance(train_set, TransformedDataset):
-        train_set = TransformedDataset(train_set.base, eval_transform)
+    the statistics depend on the weights alone. With ``preprocess`` (the run's stored eval
+    preprocessing) the train images go through its eval transform, as validation and
+    deployment see them (measured as good or better than the train transform,
+    docs/training.md); a train set that is not a :class:`~resnext.data.TransformedDataset` is
+    used as it is. Its workers do not persist."""
+    if preprocess is not None and isinstance(train_set, TransformedDataset):
+        train_set = TransformedDataset(train_set.base, Preprocess.from_dict(preprocess).transform())
     return make_loader(
         train_set,
         batch_size,

@@ -26,7 +26,6 @@ from ..checkpoint import copy_checkpoint, load_checked, load_checkpoint, make_ch
 from ..checkpoint import save_step_checkpoint as write_checkpoint
 from ..data import (
     LoaderOrder,
-    Preprocess,
     make_loader,
     set_loader_epoch,
 )
@@ -223,7 +222,7 @@ class Trainer:
             return
         loader = recompute_loader(
             self.train_set,
-            Preprocess.from_dict(self.preprocess).transform(),
+            self.preprocess,
             self.tc.batch_size,
             self.tc.seed,
             self.dist.rank,
