@@ -157,3 +157,57 @@ def test_workers_that_ignore_stop_signals_do_not_hold_the_process_at_exit(tmp_pa
         assert (
             not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
         )
+
+
+_STOP_SIGNAL_BEFORE_THE_INIT_FN = """
+import os, signal, torch
+from resnext.data import LoaderOrder, make_loader
+
+parent = os.getpid()
+set_num_threads = torch.set_num_threads
+hit = []
+
+
+def set_num_threads_after_a_sigterm(n):
+    # torch's worker loop calls this after it has set its own SIGTERM handler and before the
+    # worker_init_fn runs: a stop signal lands in each worker just there, once
+    if os.getpid() != parent and not hit:
+        hit.append(os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+    set_num_threads(n)
+
+
+torch.set_num_threads = set_num_threads_after_a_sigterm
+
+
+class Indices(torch.utils.data.Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, item):
+        return item[0]
+
+
+for persistent in (True, False):
+    loader = make_loader(
+        Indices(), 4, LoaderOrder(), num_workers=2, persistent_workers=persistent,
+        workers_ignore=["SIGTERM", "SIGUSR1"],
+    )
+    for epoch in range(2):
+        print(sorted(int(i) for batch in loader for i in batch), flush=True)
+"""
+
+
+def test_a_stop_signal_that_reaches_a_worker_before_its_init_fn_does_not_kill_it(
+    tmp_path,
+) -> None:
+    """The stop signals are blocked while a loader starts its workers, so a SIGTERM that lands
+    in a worker between torch's own SIGTERM handler and the ``worker_init_fn`` that ignores it
+    waits and is discarded, instead of killing the worker. The script sends one to each
+    worker at that moment, persistent workers and one-epoch workers alike."""
+    script = tmp_path / "early.py"
+    script.write_text(_STOP_SIGNAL_BEFORE_THE_INIT_FN)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "killed by signal" not in run.stderr
+    assert run.stdout.splitlines() == [str(list(range(16)))] * 4

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 @dataclass
@@ -171,9 +171,9 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def ignoring_signals(names: Sequence[str]) -> Callable[[int], None] | None:
-    """A DataLoader ``worker_init_fn`` that makes each worker ignore the signals ``names``
-    (a run's ``train.stop_signals``); None for none.
+class StopSafeLoader(DataLoader):
+    """A DataLoader whose worker processes ignore the signals ``workers_ignore`` (a run's
+    ``train.stop_signals``) from their first instruction on; a plain DataLoader for none.
 
     A scheduler's stop signal often reaches every process of a job, the loader workers too:
     ``scancel`` and ``pkill -f`` signal them all, as a terminal's job control signals its
@@ -181,27 +181,49 @@ def ignoring_signals(names: Sequence[str]) -> Callable[[int], None] | None:
     ("DataLoader worker ... is killed by signal: Terminated") before it can stop cleanly.
     Ignoring it, a worker goes on serving batches until the run stops at its step boundary.
     It still exits when its loader shuts down, when its parent dies (torch's watchdog) and on
-    SIGKILL. At interpreter exit, torch leaves live workers to multiprocessing, which ends its
-    daemonic children with SIGTERM and then waits for them: :func:`_kill_loader_workers`, run
-    before that, ends these with SIGKILL (an exception that escapes with a loader still live
-    would otherwise leave the process waiting forever).
+    SIGKILL.
+
+    The signals are blocked in the calling thread while the iterator starts its workers, so
+    each worker is born with them blocked: one that arrives before the worker's
+    ``worker_init_fn`` has set them to be ignored (after torch set its own SIGTERM handler)
+    waits, and is then discarded. At interpreter exit, torch leaves live workers to
+    multiprocessing, which ends its daemonic children with SIGTERM and then waits for them:
+    :func:`_kill_loader_workers`, run before that, ends these with SIGKILL (an exception that
+    escapes with a loader still live would otherwise leave the process waiting forever).
     """
-    if not names:
-        return None
-    global _exit_hook
-    if not _exit_hook:
-        atexit.register(_kill_loader_workers)  # runs before multiprocessing's (registered first)
-        _exit_hook = True
-    return functools.partial(_ignore_signals, tuple(names))
+
+    def __init__(self, *args: Any, workers_ignore: Sequence[str] = (), **kwargs: Any) -> None:
+        self.workers_ignore = tuple(signal.Signals[name] for name in workers_ignore)
+        if self.workers_ignore:
+            if kwargs.get("worker_init_fn") is not None:
+                raise TypeError("StopSafeLoader sets worker_init_fn itself")
+            global _exit_hook
+            if not _exit_hook:
+                atexit.register(_kill_loader_workers)  # before multiprocessing's (registered first)
+                _exit_hook = True
+            kwargs["worker_init_fn"] = functools.partial(_ignore_signals, self.workers_ignore)
+        super().__init__(*args, **kwargs)
+
+    def __iter__(self) -> Any:
+        if not (self.workers_ignore and self.num_workers and hasattr(signal, "pthread_sigmask")):
+            return super().__iter__()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, self.workers_ignore)
+        try:  # workers started here inherit the mask; this process gets what came meanwhile
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 _exit_hook = False
 
 
-def _ignore_signals(names: tuple[str, ...], worker_id: int) -> None:
-    # Runs in the worker after torch has set its own handlers (SIGTERM among them).
-    for name in names:
-        signal.signal(signal.Signals[name], signal.SIG_IGN)
+def _ignore_signals(signals: tuple[signal.Signals, ...], worker_id: int) -> None:
+    # Runs in the worker after torch has set its own handlers (SIGTERM among them). A signal
+    # that came before is pending (blocked since birth), and ignoring it discards it.
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
 def _kill_loader_workers() -> None:

@@ -14,8 +14,8 @@ from .base import (
     LoaderOrder,
     SeededSampler,
     Splits,
+    StopSafeLoader,
     TransformedDataset,
-    ignoring_signals,
     one_thread,
 )
 from .cifar import cifar_splits
@@ -163,7 +163,7 @@ def make_loader(
             persistent_workers=persistent_workers,
             workers_ignore=workers_ignore,
         )
-    return DataLoader(
+    return StopSafeLoader(
         dataset,
         batch_size=batch_size,
         sampler=SeededSampler(len(dataset), order),  # type: ignore[arg-type]
@@ -173,7 +173,7 @@ def make_loader(
         drop_last=False,
         collate_fn=collate,
         generator=torch.Generator().manual_seed(order.seed),
-        worker_init_fn=ignoring_signals(workers_ignore),
+        workers_ignore=workers_ignore,
     )
 
 

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from ...errors import ResnextError
 from ..base import (
     LoaderOrder,
+    StopSafeLoader,
     TransformedDataset,
-    ignoring_signals,
     one_thread,
     sample_seed,
     seeded_transform,
@@ -279,12 +279,12 @@ def shard_loader(
     if order.pad:
         split.check_streams(order.world_size, num_workers)
     stream = ShardStream(split, dataset.transform, batch_size, order, num_workers)
-    return DataLoader(
+    return StopSafeLoader(
         stream,
         batch_size=None,  # the stream yields whole batches
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
         generator=torch.Generator().manual_seed(order.seed),
-        worker_init_fn=ignoring_signals(workers_ignore),
+        workers_ignore=workers_ignore,
     )
