@@ -195,6 +195,7 @@ for persistent in (True, False):
     )
     for epoch in range(2):
         print(sorted(int(i) for batch in loader for i in batch), flush=True)
+print("blocked here after:", sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), flush=True)
 """
 
 
@@ -210,4 +211,4 @@ def test_a_stop_signal_that_reaches_a_worker_before_its_init_fn_does_not_kill_it
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "killed by signal" not in run.stderr
-    assert run.stdout.splitlines() == [str(list(range(16)))] * 4
+    assert run.stdout.splitlines() == [str(list(range(16)))] * 4 + ["blocked here after: []"]

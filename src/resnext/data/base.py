@@ -173,7 +173,7 @@ def one_thread() -> Iterator[None]:
 
 class StopSafeLoader(DataLoader):
     """A DataLoader whose worker processes ignore the signals ``workers_ignore`` (a run's
-    ``train.stop_signals``) from their first instruction on; a plain DataLoader for none.
+    ``train.stop_signals``); a plain DataLoader for none.
 
     A scheduler's stop signal often reaches every process of a job, the loader workers too:
     ``scancel`` and ``pkill -f`` signal them all, as a terminal's job control signals its
@@ -183,13 +183,20 @@ class StopSafeLoader(DataLoader):
     It still exits when its loader shuts down, when its parent dies (torch's watchdog) and on
     SIGKILL.
 
-    The signals are blocked in the calling thread while the iterator starts its workers, so
-    each worker is born with them blocked: one that arrives before the worker's
-    ``worker_init_fn`` has set them to be ignored (after torch set its own SIGTERM handler)
-    waits, and is then discarded. At interpreter exit, torch leaves live workers to
-    multiprocessing, which ends its daemonic children with SIGTERM and then waits for them:
-    :func:`_kill_loader_workers`, run before that, ends these with SIGKILL (an exception that
-    escapes with a loader still live would otherwise leave the process waiting forever).
+    Under the fork start method (Linux's default up to Python 3.13), the signals are blocked
+    in the calling thread while the iterator starts its workers, so each worker is born with
+    them blocked: one that arrives before the worker's ``worker_init_fn`` has set them to be
+    ignored (after torch set its own SIGTERM handler) waits, and is then discarded. The
+    parent's handlers still run (another thread takes the signal, or it waits the moment the
+    workers take to start). Under spawn and forkserver the mask would not reach the workers
+    (multiprocessing's resource tracker unblocks SIGTERM; the fork server forks them), and a
+    fork server started in that moment would keep the signals blocked for good, so nothing
+    is blocked there, and that first moment stays open.
+
+    At interpreter exit, torch leaves live workers to multiprocessing, which ends its daemonic
+    children with SIGTERM and then waits for them: :func:`_kill_loader_workers`, run before
+    that, ends these with SIGKILL (an exception that escapes with a loader still live would
+    otherwise leave the process waiting forever).
     """
 
     def __init__(self, *args: Any, workers_ignore: Sequence[str] = (), **kwargs: Any) -> None:
@@ -205,7 +212,15 @@ class StopSafeLoader(DataLoader):
         super().__init__(*args, **kwargs)
 
     def __iter__(self) -> Any:
-        if not (self.workers_ignore and self.num_workers and hasattr(signal, "pthread_sigmask")):
+        starts_workers = self.num_workers > 0 and not (
+            self.persistent_workers and getattr(self, "_iterator", None) is not None
+        )
+        if not (
+            starts_workers
+            and self.workers_ignore
+            and hasattr(signal, "pthread_sigmask")
+            and (self.multiprocessing_context or torch.multiprocessing).get_start_method() == "fork"
+        ):
             return super().__iter__()
         old = signal.pthread_sigmask(signal.SIG_BLOCK, self.workers_ignore)
         try:  # workers started here inherit the mask; this process gets what came meanwhile
