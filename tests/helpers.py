@@ -8,6 +8,7 @@ import gzip
 import json
 import pickle
 import struct
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,38 @@ def run_records(run: Path) -> list[dict]:
     return [
         {k: v for k, v in json.loads(x).items() if k not in ("seconds", "img_per_s")} for x in lines
     ]
+
+
+#: torchrun, as the tests launch it (this interpreter's torch.distributed.run)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def torchrun_standalone(*args: str, nproc: int = 2) -> list[str]:
+    """The command line of a one-machine torchrun job of ``nproc`` processes running ``args``
+    (``-m resnext train ...``, or a script and its arguments)."""
+    return [*TORCHRUN, "--standalone", "--nproc-per-node", str(nproc), *args]
+
+
+def torchrun_workers(launcher: int) -> dict[int, int]:
+    """The worker processes of the torchrun launcher ``launcher`` (Linux): rank -> pid, read
+    from the launcher's children and their RANK environment variable. Children that end while
+    they are read are left out."""
+    children: list[int] = []
+    for task in Path(f"/proc/{launcher}/task").iterdir():
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # a thread that ended meanwhile
+            continue
+    ranks = {}
+    for pid in children:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rank = next((e[5:] for e in env if e.startswith(b"RANK=")), None)
+        if rank is not None:
+            ranks[int(rank)] = pid
+    return ranks
 
 
 def assert_same_training_state(a_dir: Path, b_dir: Path) -> None:

@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_same_training_state, run_records, tiny_run
+from helpers import (
+    TORCHRUN,
+    assert_same_training_state,
+    run_records,
+    tiny_run,
+    torchrun_standalone,
+    torchrun_workers,
+)
 from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
 
@@ -33,7 +40,6 @@ TINY = tiny_run(
     "train.epochs=2",
     "train.tensorboard=false",
 )
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 BOUND = 240  # seconds any one process of these tests may take
 
 pytestmark = pytest.mark.usefixtures("restore_torch_globals")
@@ -171,7 +177,8 @@ def _wait_for_group_to_end(pgid: int) -> None:
 
 # -- two processes: torchrun -------------------------------------------------------------
 def _torchrun(tmp: Path, name: str, *extra: str, launch: tuple[str, ...] = ()) -> list[str]:
-    launch = launch or ("--standalone", "--nproc-per-node", "2")
+    if not launch:
+        return torchrun_standalone("-m", "resnext", *_args(tmp, name, *extra))
     return [*TORCHRUN, *launch, "-m", "resnext", *_args(tmp, name, *extra)]
 
 
@@ -182,17 +189,12 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def _worker(agent: subprocess.Popen, rank: int) -> int:
-    """The pid of the torchrun worker of ``rank`` (a child of the agent)."""
+    """The pid of the torchrun worker of ``rank`` (a child of the agent), once it is there."""
     deadline = time.monotonic() + BOUND
     while time.monotonic() < deadline:
-        children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
-        for pid in children:
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if f"RANK={rank}".encode() in env:
-                return int(pid)
+        pid = torchrun_workers(agent.pid).get(rank)
+        if pid is not None:
+            return pid
         time.sleep(0.05)
     raise AssertionError(f"no worker of rank {rank} under torchrun")
 

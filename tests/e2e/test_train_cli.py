@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import tiny_checkpoint, tiny_run
+from helpers import tiny_checkpoint, tiny_run, torchrun_standalone
 from resnext.checkpoint import load_checkpoint, model_from_checkpoint
 from resnext.cli import main
 from resnext.config import load_config
@@ -422,13 +422,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     """DDP under torchrun (gloo): two processes share the steps, rank 0 writes the files."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
+    cmd = torchrun_standalone(
         "-m",
         "resnext",
         "train",
@@ -437,7 +431,7 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
         "train.threads=1",
         f"train.output_dir={tmp_path}",
         "train.run_name=ddp",
-    ]
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
@@ -448,9 +442,17 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
 
 
 def _torchrun(tmp: Path, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "resnext", "train", *TINY, "train.epochs=1", "train.threads=1",
-           f"train.output_dir={tmp}", f"train.run_name={name}", *extra]  # fmt: skip
+    cmd = torchrun_standalone(
+        "-m",
+        "resnext",
+        "train",
+        *TINY,
+        "train.epochs=1",
+        "train.threads=1",
+        f"train.output_dir={tmp}",
+        f"train.run_name={name}",
+        *extra,
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done

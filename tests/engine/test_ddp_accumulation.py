@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TESTS, TINY
+from helpers import TESTS, TINY, torchrun_standalone
 from resnext.config import Config, from_dict
 from resnext.engine.distributed import DistInfo
 from resnext.engine.step import Stepper
@@ -83,8 +83,7 @@ def train(rank: int, world: int, batch: int, accum: int) -> dict[str, torch.Tens
 
 @pytest.mark.slow
 def test_accumulation_under_ddp_equals_one_process_with_the_global_batch(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           str(WORLD), __file__, str(tmp_path)]  # fmt: skip
+    cmd = torchrun_standalone(__file__, str(tmp_path), nproc=WORLD)
     path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))  # helpers
     env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

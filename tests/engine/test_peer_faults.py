@@ -13,14 +13,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import assert_same_training_state, tiny_run
+from helpers import assert_same_training_state, tiny_run, torchrun_standalone, torchrun_workers
 from resnext.checkpoint import load_checkpoint, step_checkpoints
 from resnext.config import DataConfig
 from resnext.data.pack import pack_dataset
@@ -55,9 +54,8 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _torchrun(packed: Path, out: Path, name: str, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "resnext", "train", *RUN, f"data.root={packed}",
-           f"train.output_dir={out}", f"train.run_name={name}", *extra]  # fmt: skip
+    cmd = torchrun_standalone("-m", "resnext", "train", *RUN, f"data.root={packed}",
+           f"train.output_dir={out}", f"train.run_name={name}", *extra)  # fmt: skip
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -82,20 +80,6 @@ def straight(packed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "straight"
 
 
-def _workers(launcher: int) -> dict[int, int]:
-    """The worker processes of a torchrun launcher: rank -> pid."""
-    children: list[int] = []
-    for task in Path(f"/proc/{launcher}/task").iterdir():
-        children += [int(c) for c in (task / "children").read_text().split()]
-    ranks = {}
-    for pid in children:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        rank = next((e[5:] for e in env if e.startswith(b"RANK=")), None)
-        if rank is not None:
-            ranks[int(rank)] = pid
-    return ranks
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -114,7 +98,7 @@ def test_a_hung_peer_stops_the_waiting_rank_naming_the_timeout_and_the_step(
         while not step_checkpoints(run):  # a checkpoint to come back to, then the hang
             assert job.poll() is None and time.monotonic() < deadline, "no checkpoint written"
             time.sleep(0.05)
-        ranks = _workers(job.pid)
+        ranks = torchrun_workers(job.pid)
         assert sorted(ranks) == [0, 1]
         os.kill(ranks[1], signal.SIGSTOP)
         stopped = time.monotonic()

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import tiny_run
+from helpers import tiny_run, torchrun_standalone
 from resnext.checkpoint import load_checkpoint
 from resnext.cli import main
 from resnext.config import DataConfig
@@ -128,9 +127,16 @@ def test_one_process_stopped_mid_epoch_resumes_to_the_uninterrupted_run(
 
 
 def _torchrun(tmp: Path, packed: Path, name: str, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "resnext", "train", *TINY, f"data.root={packed}",
-           f"train.output_dir={tmp}", f"train.run_name={name}", *extra]  # fmt: skip
+    cmd = torchrun_standalone(
+        "-m",
+        "resnext",
+        "train",
+        *TINY,
+        f"data.root={packed}",
+        f"train.output_dir={tmp}",
+        f"train.run_name={name}",
+        *extra,
+    )
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
