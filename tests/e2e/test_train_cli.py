@@ -422,18 +422,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     """DDP under torchrun (gloo): two processes share the steps, rank 0 writes the files."""
-    cmd = torchrun_standalone(
-        "-m",
-        "resnext",
-        "train",
-        *TINY,
-        "train.epochs=1",
-        "train.threads=1",
-        f"train.output_dir={tmp_path}",
-        "train.run_name=ddp",
-    )
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = _torchrun(tmp_path, "ddp")  # asserts exit 0
     ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
     # 180 images / 2 processes / batch 16 = 6 steps, lr scaled by nothing (lr_base_batch null).
     assert ckpt["metrics"]["world_size"] == 2 and ckpt["step"] == 6
